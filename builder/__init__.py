@@ -1,0 +1,1 @@
+"""The host side of xshim: the ``xshim`` CLI and library."""

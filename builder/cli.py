@@ -1,0 +1,177 @@
+"""The ``xshim`` command line: parse, set up logging, call the library, map errors to exit codes.
+
+Exit codes: 0 success; 1 the work failed (or, for ``--check``, changes are needed); 2 bad input or
+usage, nothing written; 3 a missing tool or privilege; ``xshim run`` exits with its command's own
+status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from ..shim.version import __version__
+from .errors import XshimError
+
+log = logging.getLogger("xshim")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    epilog: str,
+    handler: Handler,
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name, help=help, description=help, epilog=epilog, formatter_class=_Formatter
+    )
+    p.set_defaults(handler=handler)
+    return p
+
+
+# --- xshim run -----------------------------------------------------------------------------------
+
+RUN_EPILOG = """\
+examples:
+  xshim rootfs --platform linux/arm64 /var/tmp/arm64
+  xshim run --rootfs /var/tmp/arm64 -- uname -m
+  xshim run --rootfs /var/tmp/arm64 --trace stderr -- sh -c 'dpkg -l | wc -l'
+  xshim run --rootfs /var/tmp/arm64 --trace /tmp/trace.jsonl -- /debootstrap/debootstrap --second-stage
+
+Every exec of a foreign program, at any depth, goes through the matching qemu-<arch>-static.
+The command runs chrooted into the rootfs, with /proc, /sys and /dev mounted in a private mount
+namespace that is gone when it ends. Needs root. Exits with the command's own status (128+N when
+it is killed by signal N).
+"""
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_in_rootfs
+
+    return run_in_rootfs(
+        rootfs=args.rootfs,
+        command=args.command,
+        platform=args.platform,
+        qemu=args.qemu,
+        trace=args.trace,
+        workdir=args.workdir,
+    )
+
+
+def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _add(sub, "run", "run a command in a foreign-architecture rootfs", RUN_EPILOG, _cmd_run)
+    p.add_argument("--rootfs", required=True, metavar="DIR", help="the root filesystem to chroot into")
+    p.add_argument(
+        "--platform",
+        metavar="P",
+        help="the rootfs's platform, e.g. linux/arm64 (default: read from the rootfs's /bin/sh)",
+    )
+    p.add_argument(
+        "--qemu",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an emulator to use (repeatable); default: qemu-*-static found on PATH",
+    )
+    p.add_argument(
+        "--trace",
+        metavar="T",
+        help="trace every exec: a file path (JSON lines), or 'stderr'/'1' for readable lines "
+        "(default: $XSHIM_TRACE)",
+    )
+    p.add_argument("--workdir", "-w", metavar="DIR", default="/", help="directory inside the rootfs")
+    p.add_argument("command", nargs="+", metavar="CMD", help="the command and its arguments")
+
+
+# --- xshim rootfs --------------------------------------------------------------------------------
+
+ROOTFS_EPILOG = """\
+examples:
+  xshim rootfs --platform linux/arm64 /var/tmp/arm64
+  xshim rootfs --platform linux/arm64 --second-stage /var/tmp/arm64-full
+  xshim rootfs --platform linux/riscv64 --suite trixie --mirror http://mirror.example/debian /tmp/rv
+
+Makes a Debian minbase tree with 'debootstrap --foreign' (no emulation needed); with
+--second-stage it then finishes it through 'xshim run'. The mirror comes from --mirror,
+$XSHIM_MIRROR, or this machine's apt sources.
+"""
+
+
+def _cmd_rootfs(args: argparse.Namespace) -> int:
+    from .rootfs import make_rootfs
+
+    make_rootfs(
+        args.dir,
+        platform=args.platform,
+        suite=args.suite,
+        mirror=args.mirror,
+        second_stage=args.second_stage,
+        variant=args.variant,
+    )
+    return 0
+
+
+def _parse_rootfs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _add(sub, "rootfs", "make a foreign Debian rootfs with debootstrap", ROOTFS_EPILOG,
+             _cmd_rootfs)
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--platform", default="linux/arm64", metavar="P")
+    p.add_argument("--suite", default=None, help="Debian suite (default: the host's)")
+    p.add_argument("--mirror", default=None, metavar="URL")
+    p.add_argument("--variant", default="minbase")
+    p.add_argument("--second-stage", action="store_true", help="also run the second stage")
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+PARSERS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _parse_run,
+    _parse_rootfs,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xshim",
+        description="Build foreign-architecture container images on hosts without binfmt_misc.",
+        formatter_class=_Formatter,
+        epilog="Run 'xshim COMMAND --help' for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"xshim {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log only errors")
+    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
+    for add in PARSERS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="xshim: %(message)s", stream=sys.stderr)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except XshimError as e:
+        print(f"xshim: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("xshim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

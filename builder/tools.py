@@ -1,0 +1,53 @@
+"""Every external program xshim runs goes through here, so a missing one is a typed error."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from .errors import MissingToolError, ToolFailedError
+
+# Which Debian package provides each program we may call, for the "is X installed?" hint.
+PACKAGES = {
+    "debootstrap": "debootstrap",
+    "dpkg-deb": "dpkg",
+    "gpgv": "gpgv",
+    "docker": "docker.io",
+    "dockerd": "docker.io",
+    "buildah": "buildah",
+    "proot": "proot",
+    "unshare": "util-linux",
+    "mount": "mount",
+}
+
+
+def find(program: str, why: str = "") -> str:
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if path is None:
+        raise MissingToolError(program, PACKAGES.get(program, program), why)
+    return path
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    input: bytes | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a program; raise MissingToolError when absent, ToolFailedError when it fails."""
+    full = [find(argv[0]), *argv[1:]]
+    proc = subprocess.run(
+        full,
+        input=input,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.STDOUT if capture else None,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        out = proc.stdout.decode(errors="replace") if proc.stdout else ""
+        raise ToolFailedError(list(argv), proc.returncode, out)
+    return proc
