@@ -1,0 +1,247 @@
+"""Finding the qemu-user emulators a platform needs: given, installed, or fetched from Debian.
+
+Order of preference for each architecture: an explicit ``--qemu PATH`` (its target read from the
+file name ``qemu-<target>[-static]``), the host's ``qemu-<target>-static`` on PATH or in /usr/bin,
+else the file from Debian's ``qemu-user-static`` package for the host architecture, downloaded
+and checked against the archive's signed digests, unpacked into the cache. Every emulator must be
+a host-architecture ELF: a foreign one would need an emulator itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from ..shim import arch as archmod
+from ..shim.arch import Arch, NotElfError, UnknownPlatformError
+from . import debian
+from .errors import InputError, XshimError
+from .fsutil import write_atomic
+
+log = logging.getLogger("xshim")
+
+PACKAGE = "qemu-user-static"
+# Newer Debian releases ship the static emulators in qemu-user and keep qemu-user-static as a
+# transitional package; try both before giving up.
+PACKAGES = (PACKAGE, "qemu-user")
+SEARCH_DIRS = (Path("/usr/bin"), Path("/usr/local/bin"))
+_NAME = re.compile(r"^qemu-(?P<target>[a-z0-9_]+?)(?P<static>-static)?$")
+
+
+class MissingEmulatorError(XshimError):
+    """No emulator could be had for an architecture."""
+
+    exit_code = 3
+
+    def __init__(self, arches: Sequence[Arch], why: str = "") -> None:
+        names = ", ".join(a.qemu_static for a in arches)
+        super().__init__(
+            f"no emulator for {', '.join(a.platform for a in arches)}: {names} not given, not "
+            f"installed" + (f", and {why}" if why else ""),
+            f"apt-get install {PACKAGE}, or pass --qemu /path/to/{arches[0].qemu_static}",
+        )
+        self.arches = tuple(arches)
+
+
+class NotAnEmulatorError(InputError):
+    """A --qemu path that can't serve as an emulator."""
+
+
+def target_from_name(path: Path) -> str:
+    """The qemu target named by ``qemu-<target>[-static]`` (e.g. ``aarch64``, ``arm``)."""
+    m = _NAME.match(path.name)
+    if m is None:
+        raise NotAnEmulatorError(
+            f"{path}: can't tell the emulated architecture from the file name",
+            "name the file qemu-<target>-static, e.g. qemu-aarch64-static, or use a symlink",
+        )
+    return m.group("target")
+
+
+def elf_arch(path: Path) -> Arch | None:
+    """The table row of an ELF file's header; None for an ELF no row describes."""
+    with open(path, "rb") as f:
+        header = f.read(64)
+    return archmod.arch_of(archmod.parse_ident(header))
+
+
+def is_static(path: Path) -> bool:
+    """True when the ELF file has no PT_INTERP, i.e. runs without a dynamic loader.
+
+    Raises NotElfError for a file that is not ELF (or is corrupt).
+    """
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            return not any(seg["p_type"] == "PT_INTERP" for seg in elf.iter_segments())
+    except ELFError as e:
+        raise NotElfError(f"{path}: {e}") from None
+
+
+def is_dynamic(path: Path) -> bool:
+    return not is_static(path)
+
+
+def _check_host_elf(path: Path, host: Arch) -> None:
+    try:
+        got = elf_arch(path)
+    except NotElfError:
+        raise NotAnEmulatorError(f"{path}: not an ELF executable",
+                                 "pass the qemu-<target>-static binary itself") from None
+    except OSError as e:
+        raise NotAnEmulatorError(f"{path}: {e.strerror}", "check the --qemu path") from None
+    if got != host and not (got is not None and archmod.natively_runs(host, got)):
+        what = got.platform if got else "an unknown architecture"
+        raise NotAnEmulatorError(
+            f"{path}: built for {what}, but this host is {host.platform}",
+            f"use a qemu-user-static built for {host.debian or host.name}",
+        )
+
+
+def _as_arch(a: Arch | str) -> Arch:
+    if isinstance(a, Arch):
+        return a
+    try:
+        return archmod.from_platform(a)
+    except UnknownPlatformError as e:
+        raise InputError(str(e), "use a platform such as linux/arm64 or linux/arm/v7") from None
+
+
+def find_emulators(
+    arches: Iterable[Arch | str],
+    explicit_paths: Sequence[str | os.PathLike[str]] = (),
+    *,
+    search_dirs: Sequence[Path] | None = None,
+    download: bool = True,
+    archive: debian.Archive | None = None,
+    cache: Path | None = None,
+) -> dict[str, Path]:
+    """Arch name -> emulator path for each architecture the host can't run natively.
+
+    ``arches`` are Arch rows, platform strings or architecture names. ``search_dirs`` defaults to
+    PATH plus /usr/bin; ``download=False`` stops before the network. Architectures this host runs
+    itself (its own, i386 on x86_64) get no entry.
+    """
+    host = archmod.host_arch()
+    wanted = [a for a in dict.fromkeys(_as_arch(x) for x in arches)
+              if not archmod.natively_runs(host, a)]
+    by_target: dict[str, Path] = {}
+    for p in explicit_paths:
+        path = Path(p)
+        target = target_from_name(path)
+        if not any(a.qemu == target for a in archmod.ARCHES):
+            raise NotAnEmulatorError(f"{path}: qemu target {target!r} is not one xshim knows",
+                                     "see 'xshim --help' for the supported platforms")
+        if not path.is_file():
+            raise NotAnEmulatorError(f"{path}: no such file", "check the --qemu path")
+        _check_host_elf(path, host)
+        by_target[target] = path.resolve()
+
+    found: dict[str, Path] = {}
+    missing: list[Arch] = []
+    dirs = _search_dirs() if search_dirs is None else list(search_dirs)
+    for a in wanted:
+        emulator = by_target.get(a.qemu) or _search(a, dirs, host)
+        if emulator is None:
+            missing.append(a)
+        else:
+            found[a.name] = emulator
+    if missing and download:
+        found.update(fetch_emulators(missing, archive=archive, cache=cache))
+    elif missing:
+        raise MissingEmulatorError(missing)
+    return found
+
+
+def _search_dirs() -> list[Path]:
+    dirs = [Path(d) for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    return list(dict.fromkeys([*dirs, *SEARCH_DIRS]))
+
+
+def _search(a: Arch, dirs: Sequence[Path], host: Arch) -> Path | None:
+    for d in dirs:
+        p = d / a.qemu_static
+        if p.is_file() and os.access(p, os.X_OK):
+            try:
+                _check_host_elf(p, host)
+            except NotAnEmulatorError as e:
+                log.warning("skipping %s", e.message)
+                continue
+            return Path(os.path.realpath(p))
+    return None
+
+
+def fetch_emulators(
+    arches: Sequence[Arch],
+    *,
+    archive: debian.Archive | None = None,
+    cache: Path | None = None,
+) -> dict[str, Path]:
+    """Emulators from Debian's qemu-user-static for the host architecture, verified, cached.
+
+    Each unpacked emulator's SHA256 is recorded beside it and checked again on every reuse.
+    """
+    host = archmod.host_arch()
+    try:
+        archive = archive or debian.Archive.discover(cache=cache)
+        info = _find_package(archive, host.debian)
+    except debian.ArchiveError as e:
+        raise MissingEmulatorError(arches, f"Debian's {PACKAGE} could not be had: {e}") from e
+    version = info.version.replace(":", "_")  # the epoch's colon is awkward in paths
+    root = (cache or debian.cache_dir()) / "qemu" / f"{info.name}_{version}_{host.debian}"
+    out: dict[str, Path] = {}
+    deb: bytes | None = None
+    for a in arches:
+        path = root / a.qemu_static
+        if _cached_ok(path):
+            out[a.name] = path
+            continue
+        if deb is None:
+            log.info("fetching %s %s for %s", info.name, info.version, host.debian)
+            deb = archive.fetch(info).read_bytes()
+        try:
+            (blob, _mode), = debian.read_deb_members(deb, [f"usr/bin/{a.qemu_static}"]).values()
+        except debian.DebFormatError as e:
+            raise MissingEmulatorError([a], f"{info.name} {info.version} has none ({e})") from e
+        root.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, blob, mode=0o755)
+        write_atomic(_sum_path(path), (hashlib.sha256(blob).hexdigest() + "\n").encode())
+        out[a.name] = path
+    return out
+
+
+def _find_package(archive: debian.Archive, debian_arch: str) -> debian.PackageInfo:
+    """qemu-user-static, or qemu-user where the former is only a transitional package."""
+    last: debian.ArchiveError | None = None
+    for name in PACKAGES:
+        try:
+            info = archive.find(name, debian_arch)
+        except debian.ArchiveError as e:
+            last = e
+            continue
+        # A transitional package is tiny; the real one carries tens of MB of emulators.
+        if info.size > 1_000_000:
+            return info
+    raise last or debian.ArchiveError(f"no {PACKAGE} with emulators in {archive.suite}")
+
+
+def _sum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _cached_ok(path: Path) -> bool:
+    try:
+        want = _sum_path(path).read_text().strip()
+    except FileNotFoundError:
+        return False
+    if path.is_file() and debian.sha256_file(path) == want:
+        return True
+    log.warning("cached emulator %s does not match its recorded sha256; unpacking it again", path)
+    return False
