@@ -1,0 +1,538 @@
+"""Real image builders for the integration tests: a private dockerd and a private buildah store.
+
+Nothing here touches the host's own Docker or container storage: dockerd runs as root on its own
+socket, data root and exec root (no bridge, no iptables), buildah uses the vfs driver on its own
+root and runroot with chroot isolation. Base images are made locally from rootfs trees: the tree
+becomes one layer of a docker-archive tarball whose config carries the platform we say it has
+(``docker import`` in Docker 20.10 always records the daemon's own architecture), and that one
+tarball is loaded into both builders. Nothing is ever pulled.
+
+Paths can be moved with XSHIM_TEST_STATE (persistent: data roots, cached trees; default
+/var/lib/xshim-test) and XSHIM_TEST_RUN (sockets, pid files; default /run/xshim-test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xshim.shim import arch as archmod
+
+STATE = Path(os.environ.get("XSHIM_TEST_STATE", "/var/lib/xshim-test"))
+RUNDIR = Path(os.environ.get("XSHIM_TEST_RUN", "/run/xshim-test"))
+TREE_CACHE = Path(os.environ.get("XSHIM_TEST_TREES", "/var/tmp/xshim-test/trees"))
+
+# /usr/local/bin/docker on some machines is an unrelated newer client; the daemon is Debian's 20.10
+# and its own client speaks its API version.
+DOCKER = "/usr/bin/docker"
+DOCKERD = "/usr/sbin/dockerd"
+
+# The image config keys the tests compare (docker and OCI spell them the same way in Config).
+CONFIG_KEYS = (
+    "Env",
+    "Cmd",
+    "Entrypoint",
+    "User",
+    "WorkingDir",
+    "Shell",
+    "Labels",
+    "ExposedPorts",
+    "Volumes",
+)
+
+DEBIAN_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class BuilderUnavailable(RuntimeError):
+    """The builder cannot run on this machine at all (the tests using it are skipped)."""
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    output: str
+
+    def check(self) -> Result:
+        if self.returncode != 0:
+            tail = "\n".join(self.output.splitlines()[-60:])
+            raise AssertionError(
+                f"{' '.join(self.argv)} exited with {self.returncode}:\n{tail}"
+            )
+        return self
+
+
+def _run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input: bytes | None = None,
+    timeout: float = 1800,
+) -> Result:
+    proc = subprocess.run(
+        list(argv),
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        input=input,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=timeout,
+        check=False,
+    )
+    return Result(list(argv), proc.returncode, proc.stdout.decode(errors="replace"))
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise BuilderUnavailable(f"{what} needs root (run the tests as root)")
+
+
+# --- binfmt_misc -------------------------------------------------------------------------------
+
+
+def binfmt_handlers() -> list[str]:
+    """Names of the binfmt_misc handlers registered on this host, without mounting anything.
+
+    Reads the already-mounted binfmt_misc instance, if any; an unmounted binfmt_misc has no
+    handler anyone could use.
+    """
+    root = Path("/proc/sys/fs/binfmt_misc")
+    try:
+        entries = sorted(p.name for p in root.iterdir())
+    except OSError:
+        return []
+    return [e for e in entries if e not in ("register", "status")]
+
+
+def assert_no_binfmt() -> None:
+    """Fail loudly when any binfmt_misc handler is registered: these builds must not rely on one."""
+    try:
+        from tests.support.foreign import assert_no_binfmt as shared_check
+    except ImportError:
+        shared_check = None
+    if shared_check is not None:
+        shared_check()
+    found = binfmt_handlers()
+    assert not found, f"binfmt_misc handlers are registered on this host: {found}"
+
+
+# --- dockerd -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Dockerd:
+    """A dockerd on a private socket; ``docker(...)`` runs Debian's client against it."""
+
+    socket: Path
+    data_root: Path
+    exec_root: Path
+    pidfile: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None  # None when we reused a daemon already running
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("DOCKER_CONTEXT", None)
+        env.pop("DOCKER_TLS_VERIFY", None)
+        env.update(DOCKER_HOST=self.host, DOCKER_CONFIG=str(self.data_root.parent / "client"))
+        env.update(extra)
+        return env
+
+    def docker(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        input: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 1800,
+    ) -> Result:
+        return _run(
+            [DOCKER, *args], env=self.env(**(env or {})), cwd=cwd, input=input, timeout=timeout
+        )
+
+    def ready(self) -> bool:
+        if not self.socket.exists():
+            return False
+        return self.docker("version", "--format", "{{.Server.Version}}", timeout=20).returncode == 0
+
+    def build(
+        self, context: Path, dockerfile: Path, tag: str, build_args: Mapping[str, str] = {}
+    ) -> Result:
+        """A legacy-builder build (BuildKit off): the builder every Docker install has."""
+        argv = ["build", "--no-cache", "-f", str(dockerfile), "-t", tag]
+        for k, v in build_args.items():
+            argv += ["--build-arg", f"{k}={v}"]
+        return self.docker(*argv, str(context), env={"DOCKER_BUILDKIT": "0"})
+
+    def load(self, archive: Path) -> None:
+        self.docker("load", "-i", str(archive)).check()
+
+    def config(self, image: str) -> dict[str, Any]:
+        out = self.docker("image", "inspect", image).check().output
+        return dict(json.loads(out)[0])
+
+    @contextlib.contextmanager
+    def rootfs(self, image: str) -> Iterator[Path]:
+        """The image's filesystem, exported into a temporary directory."""
+        cid = self.docker("create", image, "/nonexistent").check().output.strip().splitlines()[-1]
+        tmp = Path(tempfile.mkdtemp(prefix="xshim-export-"))
+        try:
+            exp = subprocess.Popen(
+                [DOCKER, "export", cid], env=self.env(), stdout=subprocess.PIPE
+            )
+            tar = subprocess.run(
+                ["tar", "-x", "--numeric-owner", "-C", str(tmp)], stdin=exp.stdout, check=False
+            )
+            assert exp.wait() == 0 and tar.returncode == 0, f"docker export {image} failed"
+            yield tmp
+        finally:
+            self.docker("rm", "-f", cid)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def dockerd_paths() -> Dockerd:
+    return Dockerd(
+        socket=RUNDIR / "docker.sock",
+        data_root=STATE / "docker",
+        exec_root=RUNDIR / "exec",
+        pidfile=RUNDIR / "docker.pid",
+        log=STATE / "dockerd.log",
+    )
+
+
+def start_dockerd(timeout: float = 60) -> Dockerd:
+    """Start a private dockerd (or reuse one already answering on the private socket).
+
+    Raises BuilderUnavailable with the daemon's own words when it cannot start here.
+    """
+    _need_root("dockerd")
+    for prog in (DOCKERD, DOCKER):
+        if not os.access(prog, os.X_OK):
+            raise BuilderUnavailable(f"{prog} is missing (apt-get install docker.io)")
+    d = dockerd_paths()
+    if d.ready():
+        return d
+    for p in (d.data_root, d.exec_root, d.socket.parent, d.log.parent):
+        p.mkdir(parents=True, exist_ok=True)
+    # A pid file left by a daemon that died keeps a new one from starting.
+    if d.pidfile.exists():
+        try:
+            os.kill(int(d.pidfile.read_text().strip()), 0)
+        except (ValueError, ProcessLookupError):
+            d.pidfile.unlink()
+    argv = [
+        DOCKERD,
+        "--host", d.host,
+        "--data-root", str(d.data_root),
+        "--exec-root", str(d.exec_root),
+        "--pidfile", str(d.pidfile),
+        "--bridge=none",
+        "--iptables=false",
+        "--ip6tables=false",
+        "--ip-masq=false",
+        # Our own config file, so a host /etc/docker/daemon.json cannot change what we test.
+        "--config-file", str(_empty_daemon_json(d.data_root.parent)),
+    ]  # fmt: skip
+    logf = d.log.open("ab")
+    d.proc = subprocess.Popen(
+        argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    logf.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if d.proc.poll() is not None:
+            tail = "\n".join(d.log.read_text(errors="replace").splitlines()[-15:])
+            d.proc = None
+            raise BuilderUnavailable(f"dockerd exited at start:\n{tail}")
+        if d.ready():
+            return d
+        time.sleep(0.5)
+    d.stop()
+    raise BuilderUnavailable(f"dockerd did not answer on {d.socket} within {timeout:.0f}s")
+
+
+def _empty_daemon_json(where: Path) -> Path:
+    p = where / "daemon.json"
+    where.mkdir(parents=True, exist_ok=True)
+    if not p.exists():
+        p.write_text("{}\n")
+    return p
+
+
+# --- buildah -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Buildah:
+    """buildah with the vfs driver on a private store, building with chroot isolation."""
+
+    root: Path
+    runroot: Path
+    extra: list[str] = field(default_factory=list)
+
+    def buildah(self, *args: str, cwd: Path | None = None, timeout: float = 1800) -> Result:
+        argv = ["buildah", "--storage-driver", "vfs", "--root", str(self.root),
+                "--runroot", str(self.runroot), *self.extra, *args]  # fmt: skip
+        env = dict(os.environ)
+        env.setdefault("BUILDAH_ISOLATION", "chroot")
+        return _run(argv, env=env, cwd=cwd, timeout=timeout)
+
+    def build(
+        self,
+        context: Path,
+        dockerfile: Path,
+        tag: str,
+        *,
+        platform: str | None = None,
+        build_args: Mapping[str, str] = {},
+    ) -> Result:
+        # Docker format keeps SHELL in the config (OCI has no field for it), as docker would.
+        argv = ["bud", "--isolation", "chroot", "--format", "docker", "--no-cache",
+                "--pull-never", "-f", str(dockerfile), "-t", tag]  # fmt: skip
+        if platform:
+            argv += ["--platform", platform]
+        for k, v in build_args.items():
+            argv += ["--build-arg", f"{k}={v}"]
+        return self.buildah(*argv, str(context))
+
+    def load(self, archive: Path, name: str) -> None:
+        self.buildah("rmi", "-f", name)
+        self.buildah("pull", "--quiet", f"docker-archive:{archive}").check()
+
+    def config(self, image: str) -> dict[str, Any]:
+        out = self.buildah("inspect", "--type", "image", image).check().output
+        data = json.loads(out)
+        docker = data.get("Docker") or {}
+        return {
+            "Architecture": docker.get("architecture") or data["OCIv1"].get("architecture"),
+            "Os": docker.get("os") or data["OCIv1"].get("os"),
+            "Config": docker.get("config") or {},
+        }
+
+    @contextlib.contextmanager
+    def rootfs(self, image: str) -> Iterator[Path]:
+        """The image's filesystem: a working container's mount (vfs: a plain directory)."""
+        ctr = self.buildah("from", "--pull-never", image).check().output.strip().splitlines()[-1]
+        try:
+            path = self.buildah("mount", ctr).check().output.strip().splitlines()[-1]
+            yield Path(path)
+        finally:
+            self.buildah("umount", ctr)
+            self.buildah("rm", ctr)
+
+
+def start_buildah() -> Buildah:
+    _need_root("buildah with chroot isolation")
+    if shutil.which("buildah") is None:
+        raise BuilderUnavailable("buildah is missing (apt-get install buildah)")
+    b = Buildah(root=STATE / "buildah" / "root", runroot=RUNDIR / "buildah")
+    b.root.mkdir(parents=True, exist_ok=True)
+    b.runroot.mkdir(parents=True, exist_ok=True)
+    r = b.buildah("info", timeout=60)
+    if r.returncode != 0:
+        raise BuilderUnavailable(f"buildah cannot run here: {r.output.strip()[-500:]}")
+    return b
+
+
+# --- base images from rootfs trees -----------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def base_config(**over: Any) -> dict[str, Any]:
+    """A Debian-like image config: what the tests start from and compare against."""
+    cfg: dict[str, Any] = {"Env": [DEBIAN_PATH], "Cmd": ["bash"]}
+    cfg.update(over)
+    return cfg
+
+
+def write_image_archive(
+    tree: Path, out: Path, *, tag: str, platform: str, config: Mapping[str, Any]
+) -> Path:
+    """Write ``tree`` as a one-layer docker-archive (``docker load`` / ``buildah pull`` format).
+
+    The config says ``platform`` (e.g. linux/arm64) whatever the host is, which is the point:
+    Docker 20.10's ``docker import --platform`` records the daemon's architecture instead.
+    """
+    row = archmod.from_platform(platform)
+    parts = row.platform.split("/")
+    variant = platform.split("/")[2] if platform.count("/") == 2 else ""
+    work = Path(tempfile.mkdtemp(prefix="xshim-archive-", dir=out.parent))
+    try:
+        layer = work / "layer.tar"
+        # Device nodes and kernel file systems come from the runtime, as in any base image.
+        r = _run(["tar", "-C", str(tree), "--numeric-owner", "--xattrs", "--acls",
+                  "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*",
+                  "-cf", str(layer), "."])  # fmt: skip
+        r.check()
+        diff_id = "sha256:" + _sha256_file(layer)
+        image_config: dict[str, Any] = {
+            "architecture": parts[1],
+            "os": parts[0],
+            "created": "2024-01-01T00:00:00Z",
+            "config": dict(config),
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created": "2024-01-01T00:00:00Z",
+                         "created_by": f"rootfs tree {tree.name} ({row.platform})"}],
+        }  # fmt: skip
+        if variant:
+            image_config["variant"] = variant
+        cfg_bytes = json.dumps(image_config, sort_keys=True).encode()
+        cfg_name = hashlib.sha256(cfg_bytes).hexdigest() + ".json"
+        layer_dir = diff_id.split(":")[1]
+        manifest = [{"Config": cfg_name, "RepoTags": [tag], "Layers": [f"{layer_dir}/layer.tar"]}]
+        tmp_out = out.with_name(out.name + ".part")
+        with tarfile.open(tmp_out, "w") as tf:
+            _add_bytes(tf, cfg_name, cfg_bytes)
+            tf.add(layer, arcname=f"{layer_dir}/layer.tar")
+            _add_bytes(tf, "manifest.json", json.dumps(manifest).encode())
+        tmp_out.rename(out)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    tf.addfile(info, io.BytesIO(data))
+
+
+# --- foreign Debian trees ------------------------------------------------------------------------
+
+
+def _first_stage_arm64() -> Path:
+    try:
+        from tests.support.foreign import arm64_first_stage
+    except ImportError:
+        arm64_first_stage = None
+    if arm64_first_stage is not None:
+        return Path(arm64_first_stage())
+    dev = Path("/var/tmp/xshim-dev/arm64")
+    if (dev / "debootstrap" / "debootstrap").exists():
+        return dev
+    raise BuilderUnavailable("no arm64 debootstrap --foreign tree (tests.support.foreign)")
+
+
+def finished_tree(name: str = "debian-arm64") -> Path:
+    """A complete arm64 Debian minbase tree: a debootstrap --foreign first stage finished with
+    ``xshim run -- /debootstrap/debootstrap --second-stage``.
+
+    Cached under TREE_CACHE/<name>: built in a temporary directory beside it and renamed into
+    place only when the second stage succeeded, so a half-made tree is never reused.
+    """
+    _need_root("debootstrap --second-stage")
+    final = TREE_CACHE / name
+    if (final / "var/lib/dpkg/status").exists() and not (final / "debootstrap").exists():
+        return final
+    TREE_CACHE.mkdir(parents=True, exist_ok=True)
+    first = _first_stage_arm64()
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=TREE_CACHE))
+    try:
+        tree = work / "rootfs"
+        _run(["cp", "-a", str(first), str(tree)]).check()
+        log = TREE_CACHE / f"{name}.log"
+        r = _run(
+            ["xshim", "run", "--rootfs", str(tree), "--", "/debootstrap/debootstrap",
+             "--second-stage"],
+            timeout=3600,
+        )  # fmt: skip
+        log.write_text(r.output)
+        r.check()
+        assert not (tree / "debootstrap").exists(), f"second stage did not finish; see {log}"
+        if final.exists():
+            shutil.rmtree(final)
+        tree.rename(final)
+        return final
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def base_archive(tree: Path, *, tag: str, platform: str, config: Mapping[str, Any]) -> Path:
+    """The docker-archive of ``tree``, cached beside it while the tree and config are unchanged."""
+    key = hashlib.sha256(
+        json.dumps([str(tree), tree.stat().st_mtime_ns, tag, platform, dict(config)]).encode()
+    ).hexdigest()[:16]
+    cache = STATE / "archives"
+    cache.mkdir(parents=True, exist_ok=True)
+    out = cache / f"{key}.tar"
+    if not out.exists():
+        write_image_archive(tree, out, tag=tag, platform=platform, config=config)
+    return out
+
+
+# --- reading built images ------------------------------------------------------------------------
+
+
+def pick_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The compared config fields, with absent and empty spelled the same way (None)."""
+    return {k: (config.get(k) or None) for k in CONFIG_KEYS}
+
+
+def elf_arch(path: Path) -> archmod.Arch | None:
+    """The architecture of an ELF file, None for anything that is not ELF."""
+    with path.open("rb") as f:
+        head = f.read(64)
+    try:
+        return archmod.arch_of(archmod.parse_ident(head))
+    except archmod.NotElfError:
+        return None
+
+
+def inside(root: Path, path: str) -> Path:
+    """``path`` as seen from inside the tree ``root``, resolving symlinks within the tree."""
+    cur = root
+    parts = [p for p in path.split("/") if p]
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            cur = cur.parent if cur != root else root
+            continue
+        nxt = cur / part
+        if nxt.is_symlink():
+            hops += 1
+            assert hops < 40, f"symlink loop at {path}"
+            target = os.readlink(nxt)
+            parts = [p for p in target.split("/") if p] + parts
+            cur = root if target.startswith("/") else cur
+            continue
+        cur = nxt
+    return cur
