@@ -1,0 +1,181 @@
+"""``xshim run``: a command chrooted into a foreign rootfs, under the exec supervisor.
+
+The rootfs is left as it was: /proc, /sys and a private /dev (with the emulators under
+``/dev/.xshim``, where every traced process can exec them) are mounted in a mount namespace of
+our own, which disappears with the last process in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+from pathlib import Path
+
+from ..shim import arch as archmod
+from ..shim.supervisor import Config, SupervisorError, exit_code, guest_arch, supervise
+from ..shim.tracelog import open_sink
+from .errors import InputError, PrivilegeError, XshimError
+from .qemu import MissingEmulatorError, find_emulators
+
+log = logging.getLogger("xshim")
+
+EMULATOR_DIR = "/dev/.xshim"
+
+CLONE_NEWNS = 0x00020000
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_REMOUNT = 0x20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# Device nodes bound from the host's /dev into the private one (what a container runtime gives).
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    r = _libc.mount(
+        source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+        data.encode() if data else None,
+    )
+    if r != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mount {source} on {target}: {os.strerror(e)}")
+
+
+def _unshare_mounts() -> None:
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        e = ctypes.get_errno()
+        raise PrivilegeError(
+            f"unshare(CLONE_NEWNS) failed: {os.strerror(e)}",
+            "xshim run needs root (CAP_SYS_ADMIN) for its private mounts; run it with sudo",
+        )
+    _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
+
+
+def check_rootfs(rootfs: Path) -> None:
+    if not rootfs.is_dir():
+        raise InputError(
+            f"rootfs {str(rootfs)!r} does not exist or is not a directory",
+            "make one with: xshim rootfs --platform linux/arm64 DIR",
+        )
+    if not any((rootfs / d).is_dir() for d in ("bin", "usr/bin")):
+        raise InputError(
+            f"{str(rootfs)!r} does not look like a root filesystem (no bin/ or usr/bin/)",
+            "point --rootfs at the top of an unpacked image or a debootstrap tree",
+        )
+
+
+def detect_platform(rootfs: Path) -> archmod.Arch:
+    for candidate in (b"/bin/sh", b"/usr/bin/env", b"/bin/busybox", b"/usr/bin/dpkg"):
+        a = guest_arch(candidate, str(rootfs))
+        if a is not None:
+            return a
+    raise InputError(
+        f"cannot tell the platform of {str(rootfs)!r}: no ELF /bin/sh, /usr/bin/env or "
+        "/bin/busybox in it",
+        "give it with --platform, e.g. --platform linux/arm64",
+    )
+
+
+def _setup_dev(rootfs: Path, emulators: dict[str, Path]) -> dict[str, bytes]:
+    dev = rootfs / "dev"
+    dev.mkdir(exist_ok=True)
+    _mount("tmpfs", str(dev), "tmpfs", MS_NOSUID, "mode=755,size=65536k")
+    for name in DEVICES:
+        node = dev / name
+        node.touch()
+        _mount(f"/dev/{name}", str(node), None, MS_BIND, None)
+    (dev / "pts").mkdir()
+    try:
+        _mount("devpts", str(dev / "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=620")
+        os.symlink("pts/ptmx", dev / "ptmx")
+    except OSError as e:
+        log.debug("no devpts in the rootfs: %s", e)
+    (dev / "shm").mkdir()
+    _mount("tmpfs", str(dev / "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{i}", dev / name)
+    os.symlink("/proc/self/fd", dev / "fd")
+    edir = dev / EMULATOR_DIR.removeprefix("/dev/")
+    edir.mkdir()
+    inside: dict[str, bytes] = {}
+    for name, path in emulators.items():
+        target = edir / path.name
+        if not target.exists():
+            target.touch()
+            _mount(str(path), str(target), None, MS_BIND, None)
+            _mount(str(path), str(target), None, MS_BIND | MS_RDONLY | MS_REMOUNT, None)
+        inside[name] = f"{EMULATOR_DIR}/{path.name}".encode()
+    return inside
+
+
+def run_in_rootfs(
+    rootfs: str | os.PathLike[str],
+    command: list[str],
+    platform: str | None = None,
+    qemu: list[str] | None = None,
+    trace: str | None = None,
+    workdir: str = "/",
+) -> int:
+    """Run ``command`` chrooted into ``rootfs`` with every foreign exec going through qemu.
+
+    Returns the command's exit code (128+N when killed by signal N).
+    """
+    root = Path(rootfs).resolve()
+    check_rootfs(root)
+    if os.geteuid() != 0:
+        raise PrivilegeError(
+            "xshim run needs root: it chroots and mounts /proc, /sys and /dev for the command",
+            "run it as root (sudo xshim run ...)",
+        )
+    if platform:
+        try:
+            target = archmod.from_platform(platform)
+        except archmod.UnknownPlatformError as e:
+            raise InputError(str(e), "use a Docker platform string such as linux/arm64") from None
+    else:
+        target = detect_platform(root)
+    host = archmod.host_arch()
+    wanted = [a for a in archmod.ARCHES if not archmod.natively_runs(host, a)]
+    explicit = [Path(q) for q in qemu or []]
+    # The rootfs's own platform must have an emulator (fetched from Debian if need be); any other
+    # the host already has is offered too, for mixed-architecture trees.
+    emulators = find_emulators([target], explicit)
+    for a in wanted:
+        if a.name not in emulators:
+            with contextlib.suppress(MissingEmulatorError):
+                emulators.update(find_emulators([a], explicit, download=False))
+    sink = open_sink(trace if trace is not None else os.environ.get("XSHIM_TRACE"))
+
+    _unshare_mounts()
+    for sub, fstype, flags in (
+        ("proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC),
+        ("sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY),
+    ):
+        (root / sub).mkdir(exist_ok=True)
+        _mount(sub, str(root / sub), fstype, flags, None)
+    inside = _setup_dev(root, emulators)
+
+    env = {k.encode(): v.encode() for k, v in os.environ.items()}
+    config = Config(
+        emulators=inside, trace=sink, chroot=str(root), cwd=workdir, search_path=True
+    )
+    argv = [c.encode() for c in command]
+    log.debug("running %s in %s (%s)", command, root, target.platform)
+    try:
+        status = supervise(argv, env, config)
+    except SupervisorError as e:
+        raise XshimError(str(e), "run xshim where ptrace and seccomp filters are allowed") from e
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        log.info("command killed by %s", signal.Signals(sig).name)
+    return exit_code(status)

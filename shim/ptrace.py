@@ -1,0 +1,294 @@
+"""Thin ctypes bindings for the syscalls the supervisor needs (x86_64 Linux).
+
+Constants at the top, one wrapper per syscall, every failure raised as OSError with the errno.
+Standalone on purpose: this file imports nothing from xshim, so it can be read and audited alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# ptrace requests and options (linux/ptrace.h).
+PTRACE_CONT = 7
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_SYSCALL = 24
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_SEIZE = 0x4206
+PTRACE_LISTEN = 0x4208
+
+PTRACE_O_TRACESYSGOOD = 0x1
+PTRACE_O_TRACEFORK = 0x2
+PTRACE_O_TRACEVFORK = 0x4
+PTRACE_O_TRACECLONE = 0x8
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_TRACESECCOMP = 0x80
+PTRACE_O_EXITKILL = 0x100000
+
+PTRACE_EVENT_FORK = 1
+PTRACE_EVENT_VFORK = 2
+PTRACE_EVENT_CLONE = 3
+PTRACE_EVENT_EXEC = 4
+PTRACE_EVENT_SECCOMP = 7
+PTRACE_EVENT_STOP = 128
+
+WALL = 0x40000000  # __WALL: wait for threads too
+
+# x86_64 syscall numbers.
+NR_EXECVE = 59
+NR_EXECVEAT = 322
+NR_OPENAT2 = 437
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+
+RESOLVE_IN_ROOT = 0x10
+
+# seccomp / BPF (linux/seccomp.h, linux/filter.h, linux/audit.h).
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_TRACE = 0x7FF00000
+AUDIT_ARCH_X86_64 = 0xC000003E
+_BPF_LD_W_ABS = 0x20
+_BPF_JEQ_K = 0x15
+_BPF_RET_K = 0x06
+
+
+class UserRegs(ctypes.Structure):
+    """struct user_regs_struct for x86_64."""
+
+    _fields_ = [
+        (name, ctypes.c_ulonglong)
+        for name in (
+            "r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags "
+            "rsp ss fs_base gs_base ds es fs gs"
+        ).split()
+    ]
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_ushort),
+        ("jt", ctypes.c_ubyte),
+        ("jf", ctypes.c_ubyte),
+        ("k", ctypes.c_uint),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_ptrace = _libc.ptrace
+_ptrace.restype = ctypes.c_long
+_ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+
+_vm_readv = _libc.process_vm_readv
+_vm_readv.restype = ctypes.c_ssize_t
+_vm_readv.argtypes = [
+    ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong,
+    ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.c_ulong,
+]
+_vm_writev = _libc.process_vm_writev
+_vm_writev.restype = ctypes.c_ssize_t
+_vm_writev.argtypes = _vm_readv.argtypes
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+_prctl = _libc.prctl
+_prctl.restype = ctypes.c_int
+
+
+def _raise(what: str) -> None:
+    e = ctypes.get_errno()
+    raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def ptrace(request: int, pid: int, addr: int = 0, data: int = 0) -> int:
+    ctypes.set_errno(0)
+    r: int = _ptrace(request, pid, addr, data)
+    if r == -1 and ctypes.get_errno():
+        _raise("ptrace")
+    return r
+
+
+def seize(pid: int, options: int) -> None:
+    ptrace(PTRACE_SEIZE, pid, 0, options)
+
+
+def cont(pid: int, sig: int = 0) -> None:
+    ptrace(PTRACE_CONT, pid, 0, sig)
+
+
+def cont_syscall(pid: int, sig: int = 0) -> None:
+    ptrace(PTRACE_SYSCALL, pid, 0, sig)
+
+
+def listen(pid: int) -> None:
+    ptrace(PTRACE_LISTEN, pid, 0, 0)
+
+
+def getregs(pid: int, regs: UserRegs) -> None:
+    ptrace(PTRACE_GETREGS, pid, 0, ctypes.addressof(regs))
+
+
+def setregs(pid: int, regs: UserRegs) -> None:
+    ptrace(PTRACE_SETREGS, pid, 0, ctypes.addressof(regs))
+
+
+def geteventmsg(pid: int) -> int:
+    msg = ctypes.c_ulong(0)
+    ptrace(PTRACE_GETEVENTMSG, pid, 0, ctypes.addressof(msg))
+    return msg.value
+
+
+class TraceeMemory:
+    """Reads and writes a stopped tracee's memory.
+
+    process_vm_readv/writev are one syscall per transfer, but Docker's default seccomp profile
+    refuses them to containers without CAP_SYS_PTRACE; /proc/PID/mem works for any ptrace-attached
+    tracer, so the first EPERM switches to it for the rest of the run.
+    """
+
+    def __init__(self) -> None:
+        self.use_proc_mem = False
+
+    def read(self, pid: int, addr: int, size: int) -> bytes:
+        if not self.use_proc_mem:
+            buf = ctypes.create_string_buffer(size)
+            local = _Iovec(ctypes.addressof(buf), size)
+            remote = _Iovec(addr, size)
+            n = _vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+            if n >= 0:
+                return buf.raw[:n]
+            e = ctypes.get_errno()
+            if e not in (errno.EPERM, errno.ENOSYS):
+                raise OSError(e, f"process_vm_readv: {os.strerror(e)}")
+            self.use_proc_mem = True
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, size, addr)
+        finally:
+            os.close(fd)
+
+    def write(self, pid: int, addr: int, data: bytes) -> None:
+        if not self.use_proc_mem:
+            buf = ctypes.create_string_buffer(data, len(data))
+            local = _Iovec(ctypes.addressof(buf), len(data))
+            remote = _Iovec(addr, len(data))
+            n = _vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+            if n == len(data):
+                return
+            if n >= 0:
+                raise OSError(errno.EFAULT, "process_vm_writev: short write")
+            e = ctypes.get_errno()
+            if e not in (errno.EPERM, errno.ENOSYS):
+                raise OSError(e, f"process_vm_writev: {os.strerror(e)}")
+            self.use_proc_mem = True
+        fd = os.open(f"/proc/{pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            if os.pwrite(fd, data, addr) != len(data):
+                raise OSError(errno.EFAULT, "/proc/PID/mem: short write")
+        finally:
+            os.close(fd)
+
+    def read_cstring(self, pid: int, addr: int, limit: int = 1 << 16) -> bytes:
+        """A NUL-terminated string; reads page by page so an unmapped next page is no error."""
+        out = b""
+        while len(out) < limit:
+            chunk = self.read(pid, addr, 4096 - (addr & 4095))
+            if not chunk:
+                raise OSError(errno.EFAULT, "unreadable string in tracee")
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                return out + chunk[:nul]
+            out += chunk
+            addr += len(chunk)
+        raise OSError(errno.E2BIG, "string in tracee too long")
+
+    def read_pointers(self, pid: int, addr: int, limit: int = 1 << 18) -> list[int]:
+        """A NULL-terminated array of pointers (argv, envp). A NULL array reads as empty."""
+        out: list[int] = []
+        if addr == 0:
+            return out
+        while len(out) < limit:
+            chunk = self.read(pid, addr, 4096 - (addr & 4095))
+            if len(chunk) < 8:
+                raise OSError(errno.EFAULT, "unreadable pointer array in tracee")
+            n = len(chunk) // 8
+            for p in struct.unpack_from(f"<{n}Q", chunk):
+                if p == 0:
+                    return out
+                out.append(p)
+            addr += n * 8
+        raise OSError(errno.E2BIG, "pointer array in tracee too long")
+
+
+def set_no_new_privs() -> None:
+    if _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        _raise("prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+def install_exec_filter() -> None:
+    """Install a seccomp filter that hands execve/execveat to the tracer and allows the rest.
+
+    Only x86_64-ABI calls are trapped: i386 (int 0x80) and x32 execs reach the kernel untouched,
+    so a 32-bit x86 program that itself execs a foreign binary gets the kernel's ENOEXEC.
+    """
+    prog = [
+        (_BPF_LD_W_ABS, 0, 0, 4),  # A = seccomp_data.arch
+        (_BPF_JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        (_BPF_LD_W_ABS, 0, 0, 0),  # A = seccomp_data.nr
+        (_BPF_JEQ_K, 2, 0, NR_EXECVE),
+        (_BPF_JEQ_K, 1, 0, NR_EXECVEAT),
+        (_BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        (_BPF_RET_K, 0, 0, SECCOMP_RET_TRACE),
+    ]
+    filters = (_SockFilter * len(prog))(*(_SockFilter(*ins) for ins in prog))
+    fprog = _SockFprog(len(prog), filters)
+    if _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        _raise("prctl(PR_SET_SECCOMP)")
+
+
+_openat2_works = True
+
+
+def open_in_root(root_fd: int, path: bytes, flags: int) -> int:
+    """Open ``path`` with every absolute path and symlink resolved inside ``root_fd``.
+
+    openat2(RESOLVE_IN_ROOT) is what makes a chrooted tracee's absolute symlinks resolve in its
+    own tree. Where openat2 is missing or refused (old kernels, older seccomp profiles), fall back
+    to a plain open below /proc/PID/root, which is exact whenever tracer and tracee share a root.
+    """
+    global _openat2_works
+    if _openat2_works:
+        how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT)
+        fd: int = _syscall(
+            NR_OPENAT2, ctypes.c_int(root_fd), ctypes.c_char_p(path), ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
+        if fd >= 0:
+            return fd
+        e = ctypes.get_errno()
+        if e not in (errno.ENOSYS, errno.EPERM):
+            raise OSError(e, os.strerror(e))
+        _openat2_works = False
+    return os.open(path.lstrip(b"/") or b".", flags | os.O_CLOEXEC, dir_fd=root_fd)
