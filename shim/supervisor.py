@@ -106,13 +106,13 @@ class Supervisor:
 
     # -- start -------------------------------------------------------------------------------
 
-    def run(self, argv: list[bytes], env: dict[bytes, bytes]) -> int:
-        """Run argv; return its raw wait status."""
+    def run(self, argv: list[bytes], env: dict[bytes, bytes], program: bytes | None = None) -> int:
+        """Run argv (from ``program``, default argv[0]); return its raw wait status."""
         go_r, go_w = os.pipe()
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
-            self._child(argv, env, go_r, go_w, err_r, err_w)
+            self._child(program or argv[0], argv, env, go_r, go_w, err_r, err_w)
         os.close(go_r)
         os.close(err_w)
         self.main = pid
@@ -141,8 +141,8 @@ class Supervisor:
         return status
 
     def _child(
-        self, argv: list[bytes], env: dict[bytes, bytes], go_r: int, go_w: int, err_r: int,
-        err_w: int,
+        self, program: bytes, argv: list[bytes], env: dict[bytes, bytes], go_r: int, go_w: int,
+        err_r: int, err_w: int,
     ) -> None:  # pragma: no cover - runs in the child
         step = "start"
         try:
@@ -165,11 +165,11 @@ class Supervisor:
             pt.install_exec_filter()
             step = "exec"
             if self.cfg.search_path:
-                os.execvpe(argv[0], argv, env)
-            os.execve(argv[0], argv, env)
+                os.execvpe(program, argv, env)
+            os.execve(program, argv, env)
         except OSError as e:
             if step == "exec":
-                name = argv[0].decode(errors="replace")
+                name = program.decode(errors="replace")
                 msg = f"{name}: {os.strerror(e.errno or 0)}"
                 code = 127 if e.errno == errno.ENOENT else 126
             else:
@@ -591,9 +591,11 @@ class Supervisor:
         sys.stderr.flush()
 
 
-def supervise(argv: list[bytes], env: dict[bytes, bytes], config: Config) -> int:
+def supervise(
+    argv: list[bytes], env: dict[bytes, bytes], config: Config, program: bytes | None = None
+) -> int:
     """Run ``argv`` under the supervisor and return its raw wait status."""
-    return Supervisor(config).run(argv, env)
+    return Supervisor(config).run(argv, env, program)
 
 
 def guest_arch(path: bytes, root: str | None = None) -> Arch | None:
