@@ -1,0 +1,170 @@
+"""``xshim rootfs``: a foreign Debian tree from ``debootstrap --foreign``, optionally finished.
+
+The first stage only downloads and unpacks packages, so it needs no emulator. The second stage
+runs the tree's own maintainer scripts, which ``xshim run`` sends through qemu. The tree is built
+in a temporary directory beside the target and renamed into place at the very end: a failure or
+an interrupt leaves no half-made rootfs behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..shim import arch as archmod
+from . import debian, tools
+from .errors import InputError, PrivilegeError, ToolFailedError, XshimError
+
+log = logging.getLogger("xshim")
+
+
+def _arch_for(platform: str) -> archmod.Arch:
+    try:
+        a = archmod.from_platform(platform)
+    except archmod.UnknownPlatformError as e:
+        raise InputError(f"--platform: {e}", "e.g. --platform linux/arm64") from None
+    if not a.debian:
+        raise InputError(
+            f"--platform: Debian has no port for {a.platform}",
+            "pick a platform Debian releases, e.g. linux/arm64, linux/arm/v7, linux/s390x",
+        )
+    return a
+
+
+def debootstrap_argv(
+    dir: Path, debian_arch: str, suite: str, mirror: str, variant: str, keyring: Path | None
+) -> list[str]:
+    argv = ["debootstrap", "--foreign", f"--arch={debian_arch}", f"--variant={variant}"]
+    if keyring is not None:
+        argv.append(f"--keyring={keyring}")
+    return [*argv, suite, str(dir), mirror]
+
+
+def _check_target(target: Path) -> None:
+    if target.exists() or target.is_symlink():
+        if not target.is_dir() or target.is_symlink():
+            raise InputError(f"{target}: exists and is not a directory",
+                             "give a new directory path for the rootfs")
+        if any(target.iterdir()):
+            raise InputError(f"{target}: directory is not empty",
+                             "give a new or empty directory, or remove this one first")
+    if not target.parent.is_dir():
+        raise InputError(f"{target.parent}: no such directory",
+                         f"create it first: mkdir -p {target.parent}")
+
+
+def mounts_under(path: Path, mountinfo: str | None = None) -> list[str]:
+    """Mount points at or below ``path`` (from /proc/self/mountinfo)."""
+    if mountinfo is None:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    root = os.path.realpath(path).rstrip("/") + "/"
+    out = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            mp = fields[4].replace("\\040", " ")
+            if (mp.rstrip("/") + "/").startswith(root):
+                out.append(mp)
+    return out
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a half-made tree, but never through a mount point still attached inside it."""
+    if not path.exists():
+        return
+    mounted = mounts_under(path)
+    if mounted:
+        log.error("not deleting %s: still mounted inside it: %s", path, ", ".join(mounted))
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _run_streaming(argv: list[str]) -> None:
+    """Run a long program, its output turned into log lines; a failure carries its last lines."""
+    full = [tools.find(argv[0]), *argv[1:]]
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    with subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            tail.append(line)
+            # debootstrap prints one I: line per package and step: that is the progress.
+            log.info("%s: %s", argv[0], line)
+        rc = proc.wait()
+    if rc != 0:
+        raise ToolFailedError(argv, rc, "\n".join(tail))
+
+
+def make_rootfs(
+    dir: str | os.PathLike[str],
+    platform: str = "linux/arm64",
+    suite: str | None = None,
+    mirror: str | None = None,
+    second_stage: bool = False,
+    variant: str = "minbase",
+) -> Path:
+    """Make a Debian ``variant`` tree for ``platform`` at ``dir``; return its path.
+
+    ``dir`` must not exist or be empty. ``suite`` defaults to the host's, ``mirror`` to
+    $XSHIM_MIRROR or this machine's apt sources. With ``second_stage`` the tree is finished by
+    running ``/debootstrap/debootstrap --second-stage`` in it through ``xshim run``.
+    """
+    a = _arch_for(platform)
+    target = Path(dir).absolute()
+    _check_target(target)
+    url = debian.find_mirror(mirror)
+    suite = suite or debian.host_suite()
+    if os.geteuid() != 0:
+        raise PrivilegeError("debootstrap needs root (it creates device nodes and owns files)",
+                             "run it as root, e.g. with sudo")
+    keyring = debian.DEFAULT_KEYRING if debian.DEFAULT_KEYRING.is_file() else None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        log.info("debootstrap --foreign %s %s for %s into %s", suite, variant, a.debian, target)
+        _run_streaming(debootstrap_argv(tmp, a.debian, suite, url, variant, keyring))
+        if second_stage:
+            _second_stage(tmp, a)
+        # rename(2) replaces an empty directory, which is all _check_target let through.
+        os.rename(tmp, target)
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+    log.info("rootfs ready: %s", target)
+    return target
+
+
+def _second_stage(tree: Path, a: archmod.Arch) -> None:
+    # Imported here: the runner pulls in the supervisor, which the first stage never needs.
+    from .runner import run_in_rootfs
+
+    log.info("running the second stage through xshim run (this takes minutes)")
+    rc = run_in_rootfs(
+        rootfs=str(tree),
+        command=["/debootstrap/debootstrap", "--second-stage"],
+        platform=a.platform,
+        qemu=[],
+        trace=None,
+        workdir="/",
+    )
+    if rc != 0:
+        log_file = tree / "debootstrap" / "debootstrap.log"
+        detail = ""
+        if log_file.is_file():
+            detail = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
+        raise SecondStageError(rc, detail)
+
+
+class SecondStageError(XshimError):
+    def __init__(self, rc: int, detail: str) -> None:
+        msg = f"debootstrap --second-stage exited with status {rc}"
+        if detail:
+            msg += ":\n  " + detail.replace("\n", "\n  ")
+        super().__init__(msg, "rerun with -v (and XSHIM_TRACE=stderr) to see which step failed")
+        self.returncode = rc
