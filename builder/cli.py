@@ -31,9 +31,8 @@ def _add(
     epilog: str,
     handler: Handler,
 ) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        name, help=help, description=help, epilog=epilog, formatter_class=_Formatter
-    )
+    p = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                       formatter_class=_Formatter)
     p.set_defaults(handler=handler)
     return p
 
@@ -45,7 +44,7 @@ examples:
   xshim rootfs --platform linux/arm64 /var/tmp/arm64
   xshim run --rootfs /var/tmp/arm64 -- uname -m
   xshim run --rootfs /var/tmp/arm64 --trace stderr -- sh -c 'dpkg -l | wc -l'
-  xshim run --rootfs /var/tmp/arm64 --trace /tmp/trace.jsonl -- /debootstrap/debootstrap --second-stage
+  xshim run --rootfs /var/tmp/arm64 --trace /tmp/t.jsonl -- /debootstrap/debootstrap --second-stage
 
 Every exec of a foreign program, at any depth, goes through the matching qemu-<arch>-static.
 The command runs chrooted into the rootfs, with /proc, /sys and /dev mounted in a private mount
@@ -69,7 +68,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = _add(sub, "run", "run a command in a foreign-architecture rootfs", RUN_EPILOG, _cmd_run)
-    p.add_argument("--rootfs", required=True, metavar="DIR", help="the root filesystem to chroot into")
+    p.add_argument("--rootfs", required=True, metavar="DIR",
+                   help="the root filesystem to chroot into")
     p.add_argument(
         "--platform",
         metavar="P",
@@ -88,7 +88,8 @@ def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="trace every exec: a file path (JSON lines), or 'stderr'/'1' for readable lines "
         "(default: $XSHIM_TRACE)",
     )
-    p.add_argument("--workdir", "-w", metavar="DIR", default="/", help="directory inside the rootfs")
+    p.add_argument("--workdir", "-w", metavar="DIR", default="/",
+                   help="directory inside the rootfs")
     p.add_argument("command", nargs="+", metavar="CMD", help="the command and its arguments")
 
 

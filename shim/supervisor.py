@@ -385,6 +385,16 @@ class Supervisor:
             lookup, path_override = located
         else:
             lookup = self._absolute(pid, path)
+            fd_link = lookup.split(b"/fd/", 1) if lookup.startswith(b"/proc/") else []
+            if len(fd_link) == 2 and fd_link[1].isdigit():
+                # execve("/proc/self/fd/N") (glibc's fexecve fallback): qemu opens the path only
+                # after the exec, when a close-on-exec N is gone, so hand it a real name.
+                owner = fd_link[0].removeprefix(b"/proc/")
+                if owner.isdigit() and int(owner) == pid:
+                    located = self._locate_at(pid, int(fd_link[1]), b"", pt.AT_EMPTY_PATH)
+                    if isinstance(located, _Leave):
+                        return located
+                    lookup, path_override = located
         opened = self._open_exec(pid, root_fd, lookup, flags & pt.AT_SYMLINK_NOFOLLOW != 0)
         if isinstance(opened, _Leave):
             return opened
