@@ -7,33 +7,36 @@ becomes one layer of a docker-archive tarball whose config carries the platform 
 (``docker import`` in Docker 20.10 always records the daemon's own architecture), and that one
 tarball is loaded into both builders. Nothing is ever pulled.
 
-Paths can be moved with XSHIM_TEST_STATE (persistent: data roots, cached trees; default
-/var/lib/xshim-test) and XSHIM_TEST_RUN (sockets, pid files; default /run/xshim-test).
+Paths can be moved with XSHIM_TEST_STATE (builder data roots, image archives; default
+/var/lib/xshim-test) and XSHIM_TEST_RUN (sockets, pid files; default /run/xshim-test). Foreign
+rootfs trees live in the shared test cache (tests.support.foreign.cache_root()).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
-import io
+import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from xshim.shim import arch as archmod
 
+from . import foreign
+
 STATE = Path(os.environ.get("XSHIM_TEST_STATE", "/var/lib/xshim-test"))
 RUNDIR = Path(os.environ.get("XSHIM_TEST_RUN", "/run/xshim-test"))
-TREE_CACHE = Path(os.environ.get("XSHIM_TEST_TREES", "/var/tmp/xshim-test/trees"))
 
 # /usr/local/bin/docker on some machines is an unrelated newer client; the daemon is Debian's 20.10
 # and its own client speaks its API version.
@@ -52,8 +55,6 @@ CONFIG_KEYS = (
     "ExposedPorts",
     "Volumes",
 )
-
-DEBIAN_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class BuilderUnavailable(RuntimeError):
@@ -75,7 +76,7 @@ class Result:
         return self
 
 
-def _run(
+def run(
     argv: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,
@@ -104,30 +105,12 @@ def _need_root(what: str) -> None:
 # --- binfmt_misc -------------------------------------------------------------------------------
 
 
-def binfmt_handlers() -> list[str]:
-    """Names of the binfmt_misc handlers registered on this host, without mounting anything.
+def assert_no_binfmt(platforms: tuple[str, ...] = ("linux/arm64",)) -> None:
+    """Fail loudly when a binfmt_misc handler is registered: these builds must not rely on one.
 
-    Reads the already-mounted binfmt_misc instance, if any; an unmounted binfmt_misc has no
-    handler anyone could use.
+    Reads only; never mounts binfmt_misc (see tests.support.foreign).
     """
-    root = Path("/proc/sys/fs/binfmt_misc")
-    try:
-        entries = sorted(p.name for p in root.iterdir())
-    except OSError:
-        return []
-    return [e for e in entries if e not in ("register", "status")]
-
-
-def assert_no_binfmt() -> None:
-    """Fail loudly when any binfmt_misc handler is registered: these builds must not rely on one."""
-    try:
-        from tests.support.foreign import assert_no_binfmt as shared_check
-    except ImportError:
-        shared_check = None
-    if shared_check is not None:
-        shared_check()
-    found = binfmt_handlers()
-    assert not found, f"binfmt_misc handlers are registered on this host: {found}"
+    foreign.assert_no_binfmt(platforms)
 
 
 # --- dockerd -----------------------------------------------------------------------------------
@@ -164,7 +147,7 @@ class Dockerd:
         env: Mapping[str, str] | None = None,
         timeout: float = 1800,
     ) -> Result:
-        return _run(
+        return run(
             [DOCKER, *args], env=self.env(**(env or {})), cwd=cwd, input=input, timeout=timeout
         )
 
@@ -305,7 +288,7 @@ class Buildah:
                 "--runroot", str(self.runroot), *self.extra, *args]  # fmt: skip
         env = dict(os.environ)
         env.setdefault("BUILDAH_ISOLATION", "chroot")
-        return _run(argv, env=env, cwd=cwd, timeout=timeout)
+        return run(argv, env=env, cwd=cwd, timeout=timeout)
 
     def build(
         self,
@@ -367,122 +350,71 @@ def start_buildah() -> Buildah:
 # --- base images from rootfs trees -----------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "arm64-hello"
 
 
-def base_config(**over: Any) -> dict[str, Any]:
-    """A Debian-like image config: what the tests start from and compare against."""
-    cfg: dict[str, Any] = {"Env": [DEBIAN_PATH], "Cmd": ["bash"]}
-    cfg.update(over)
-    return cfg
+def _load_example_helpers() -> ModuleType:
+    """examples/arm64-hello/prepare.py: the tests make base images exactly as the example does."""
+    path = EXAMPLE_DIR / "prepare.py"
+    spec = importlib.util.spec_from_file_location("xshim_example_prepare", path)
+    assert spec is not None and spec.loader is not None, path
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def write_image_archive(
-    tree: Path, out: Path, *, tag: str, platform: str, config: Mapping[str, Any]
-) -> Path:
-    """Write ``tree`` as a one-layer docker-archive (``docker load`` / ``buildah pull`` format).
-
-    The config says ``platform`` (e.g. linux/arm64) whatever the host is, which is the point:
-    Docker 20.10's ``docker import --platform`` records the daemon's architecture instead.
-    """
-    row = archmod.from_platform(platform)
-    parts = row.platform.split("/")
-    variant = platform.split("/")[2] if platform.count("/") == 2 else ""
-    work = Path(tempfile.mkdtemp(prefix="xshim-archive-", dir=out.parent))
-    try:
-        layer = work / "layer.tar"
-        # Device nodes and kernel file systems come from the runtime, as in any base image.
-        r = _run(["tar", "-C", str(tree), "--numeric-owner", "--xattrs", "--acls",
-                  "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*",
-                  "-cf", str(layer), "."])  # fmt: skip
-        r.check()
-        diff_id = "sha256:" + _sha256_file(layer)
-        image_config: dict[str, Any] = {
-            "architecture": parts[1],
-            "os": parts[0],
-            "created": "2024-01-01T00:00:00Z",
-            "config": dict(config),
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "history": [{"created": "2024-01-01T00:00:00Z",
-                         "created_by": f"rootfs tree {tree.name} ({row.platform})"}],
-        }  # fmt: skip
-        if variant:
-            image_config["variant"] = variant
-        cfg_bytes = json.dumps(image_config, sort_keys=True).encode()
-        cfg_name = hashlib.sha256(cfg_bytes).hexdigest() + ".json"
-        layer_dir = diff_id.split(":")[1]
-        manifest = [{"Config": cfg_name, "RepoTags": [tag], "Layers": [f"{layer_dir}/layer.tar"]}]
-        tmp_out = out.with_name(out.name + ".part")
-        with tarfile.open(tmp_out, "w") as tf:
-            _add_bytes(tf, cfg_name, cfg_bytes)
-            tf.add(layer, arcname=f"{layer_dir}/layer.tar")
-            _add_bytes(tf, "manifest.json", json.dumps(manifest).encode())
-        tmp_out.rename(out)
-        return out
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    tf.addfile(info, io.BytesIO(data))
+example = _load_example_helpers()
+base_config = example.base_config
+write_image_archive = example.write_image_archive
+DEBIAN_PATH: str = example.DEBIAN_PATH
 
 
 # --- foreign Debian trees ------------------------------------------------------------------------
 
 
-def _first_stage_arm64() -> Path:
-    try:
-        from tests.support.foreign import arm64_first_stage
-    except ImportError:
-        arm64_first_stage = None
-    if arm64_first_stage is not None:
-        return Path(arm64_first_stage())
-    dev = Path("/var/tmp/xshim-dev/arm64")
-    if (dev / "debootstrap" / "debootstrap").exists():
-        return dev
-    raise BuilderUnavailable("no arm64 debootstrap --foreign tree (tests.support.foreign)")
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def finished_tree(name: str = "debian-arm64") -> Path:
-    """A complete arm64 Debian minbase tree: a debootstrap --foreign first stage finished with
-    ``xshim run -- /debootstrap/debootstrap --second-stage``.
+def finished_tree(name: str = "arm64-bookworm-minbase-finished") -> Path:
+    """A complete arm64 Debian minbase tree: the debootstrap --foreign first stage
+    (foreign.arm64_first_stage) finished with
+    ``xshim run --rootfs TREE -- /debootstrap/debootstrap --second-stage``.
 
-    Cached under TREE_CACHE/<name>: built in a temporary directory beside it and renamed into
-    place only when the second stage succeeded, so a half-made tree is never reused.
+    Cached in the test cache under ``name``: built in a temporary directory beside it and renamed
+    into place only when the second stage succeeded, so a half-made tree is never reused. The
+    second stage's output is kept in ``name.log``. Never change the returned tree.
     """
-    _need_root("debootstrap --second-stage")
-    final = TREE_CACHE / name
-    if (final / "var/lib/dpkg/status").exists() and not (final / "debootstrap").exists():
+    final = foreign.cache_root() / name
+    if final.exists():
         return final
-    TREE_CACHE.mkdir(parents=True, exist_ok=True)
-    first = _first_stage_arm64()
-    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=TREE_CACHE))
-    try:
-        tree = work / "rootfs"
-        _run(["cp", "-a", str(first), str(tree)]).check()
-        log = TREE_CACHE / f"{name}.log"
-        r = _run(
-            ["xshim", "run", "--rootfs", str(tree), "--", "/debootstrap/debootstrap",
-             "--second-stage"],
-            timeout=3600,
-        )  # fmt: skip
-        log.write_text(r.output)
-        r.check()
-        assert not (tree / "debootstrap").exists(), f"second stage did not finish; see {log}"
+    first = foreign.arm64_first_stage()
+    with _locked(final.with_name(f".{name}.lock")):
         if final.exists():
-            shutil.rmtree(final)
-        tree.rename(final)
-        return final
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            return final
+        work = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=final.parent))
+        try:
+            tree = foreign.copy_tree(first, work / "rootfs")
+            r = run(
+                ["xshim", "run", "--rootfs", str(tree), "--", "/debootstrap/debootstrap",
+                 "--second-stage"],
+                timeout=3600,
+            )  # fmt: skip
+            log = final.with_name(f"{name}.log")
+            log.write_text(r.output)
+            r.check()
+            assert not (tree / "debootstrap").exists(), f"the second stage did not finish: {log}"
+            assert (tree / "var/lib/dpkg/status").is_file()
+            os.rename(tree, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return final
 
 
 def base_archive(tree: Path, *, tag: str, platform: str, config: Mapping[str, Any]) -> Path:
