@@ -1,0 +1,200 @@
+"""Emulator acquisition: --qemu paths, the host's qemu-*-static, and Debian's qemu-user-static."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from support.foreign import archive_or_skip, assert_no_binfmt, cache_root, guest_programs
+from xshim.builder import debian, qemu
+from xshim.shim import arch as archmod
+
+HOST_QEMU = Path("/usr/bin/qemu-aarch64-static")
+needs_host_qemu = pytest.mark.skipif(not HOST_QEMU.is_file(),
+                                     reason="qemu-user-static is not installed on this host")
+x86_64_only = pytest.mark.skipif(archmod.host_arch().name != "x86_64",
+                                 reason="the test's foreign/native split assumes an x86_64 host")
+
+
+@pytest.mark.parametrize(("name", "target"), [
+    ("qemu-aarch64-static", "aarch64"),
+    ("qemu-arm", "arm"),
+    ("qemu-ppc64le-static", "ppc64le"),
+    ("qemu-mips64el", "mips64el"),
+])
+def test_target_from_name(name: str, target: str) -> None:
+    assert qemu.target_from_name(Path("/x") / name) == target
+    assert any(a.qemu == target for a in archmod.ARCHES)
+
+
+@pytest.mark.parametrize("name", ["qemu", "aarch64-static", "qemu-", "qemu-AArch64"])
+def test_unreadable_names_are_input_errors(name: str) -> None:
+    with pytest.raises(qemu.NotAnEmulatorError, match="file name") as e:
+        qemu.target_from_name(Path(name))
+    assert e.value.exit_code == 2
+
+
+@needs_host_qemu
+def test_explicit_path_wins_and_serves_every_arch_of_its_target(tmp_path: Path) -> None:
+    mine = tmp_path / "qemu-arm-static"
+    shutil.copy2("/usr/bin/qemu-arm-static", mine)
+    got = qemu.find_emulators(["linux/arm/v7", "linux/arm/v6"], [mine], search_dirs=[],
+                              download=False)
+    assert got == {"armhf": mine, "armel": mine}
+
+
+@needs_host_qemu
+@x86_64_only
+def test_foreign_elf_is_refused_as_emulator(tmp_path: Path) -> None:
+    progs = guest_programs("arm64")
+    fake = tmp_path / "qemu-aarch64-static"
+    shutil.copy2(progs["exitcode"], fake)
+    with pytest.raises(qemu.NotAnEmulatorError, match="linux/arm64") as e:
+        qemu.find_emulators(["linux/arm64"], [fake], search_dirs=[], download=False)
+    assert "linux/amd64" in str(e.value)
+
+
+def test_non_elf_and_missing_explicit_paths(tmp_path: Path) -> None:
+    script = tmp_path / "qemu-aarch64-static"
+    script.write_text("#!/bin/sh\nexec true\n")
+    script.chmod(0o755)
+    with pytest.raises(qemu.NotAnEmulatorError, match="not an ELF"):
+        qemu.find_emulators(["linux/arm64"], [script], search_dirs=[], download=False)
+    with pytest.raises(qemu.NotAnEmulatorError, match="no such file"):
+        qemu.find_emulators(["linux/arm64"], [tmp_path / "qemu-s390x-static"], download=False)
+    with pytest.raises(qemu.NotAnEmulatorError, match="not one xshim knows"):
+        qemu.find_emulators(["linux/arm64"], [tmp_path / "qemu-hexagon-static"], download=False)
+
+
+@needs_host_qemu
+def test_search_dirs_find_host_emulators(tmp_path: Path) -> None:
+    (tmp_path / "qemu-s390x-static").symlink_to("/usr/bin/qemu-s390x-static")
+    got = qemu.find_emulators(["linux/s390x"], search_dirs=[tmp_path], download=False)
+    assert got == {"s390x": Path("/usr/bin/qemu-s390x-static")}
+    # Default search: PATH and /usr/bin.
+    assert qemu.find_emulators(["linux/arm64"], download=False)["aarch64"] == HOST_QEMU
+
+
+def test_missing_emulator_error_names_the_package(tmp_path: Path) -> None:
+    with pytest.raises(qemu.MissingEmulatorError) as e:
+        qemu.find_emulators(["linux/riscv64", "linux/s390x"], search_dirs=[tmp_path],
+                            download=False)
+    assert e.value.exit_code == 3
+    assert "qemu-riscv64-static" in str(e.value) and "qemu-s390x-static" in str(e.value)
+    assert e.value.hint is not None and "qemu-user-static" in e.value.hint
+
+
+@x86_64_only
+def test_native_arches_need_no_emulator(tmp_path: Path) -> None:
+    assert qemu.find_emulators(["linux/amd64", "linux/386"], search_dirs=[tmp_path],
+                               download=False) == {}
+
+
+def test_unknown_platform_is_input_error() -> None:
+    with pytest.raises(qemu.InputError, match="unknown platform") as e:
+        qemu.find_emulators(["linux/vax"], download=False)
+    assert e.value.exit_code == 2
+
+
+@needs_host_qemu
+def test_is_static() -> None:
+    assert qemu.is_static(HOST_QEMU)
+    assert not qemu.is_static(Path(shutil.which("python3") or "/usr/bin/python3"))
+    assert qemu.is_dynamic(Path("/bin/ls"))
+    for prog in guest_programs("arm64").values():
+        assert qemu.is_static(prog)
+
+
+def test_is_static_on_non_elf(tmp_path: Path) -> None:
+    text = tmp_path / "t"
+    text.write_text("hello\n" * 20)
+    with pytest.raises(archmod.NotElfError):
+        qemu.is_static(text)
+
+
+# --- downloaded from Debian ----------------------------------------------------------------------
+
+
+def _download_cache() -> Path:
+    return cache_root() / "downloads"
+
+
+@pytest.mark.network
+@pytest.mark.integration
+def test_download_from_debian_and_run_a_foreign_program() -> None:
+    assert_no_binfmt(["linux/arm64", "linux/s390x"])
+    archive = archive_or_skip()
+    cache = _download_cache()
+    got = qemu.find_emulators(["linux/arm64", "linux/s390x"], search_dirs=[], archive=archive,
+                              cache=cache)
+    assert set(got) == {"aarch64", "s390x"}
+    for name, path in got.items():
+        assert path.is_relative_to(cache / "qemu")
+        assert qemu.is_static(path)
+        assert qemu.elf_arch(path) == archmod.host_arch()
+        recorded = path.with_name(path.name + ".sha256").read_text().strip()
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == recorded
+        version = subprocess.run([str(path), "--version"], capture_output=True, text=True)
+        assert version.returncode == 0 and f"qemu-{archmod.by_name(name).qemu}" in version.stdout
+    progs = guest_programs("arm64")
+    run = subprocess.run([str(got["aarch64"]), str(progs["exitcode"]), "42"])
+    assert run.returncode == 42
+    run = subprocess.run([str(got["aarch64"]), str(progs["threads_join"]), "4"],
+                         capture_output=True, text=True)
+    assert (run.returncode, run.stdout) == (0, "joined 4\n")
+
+
+@pytest.mark.network
+def test_tampered_cached_emulator_is_unpacked_again(caplog: pytest.LogCaptureFixture) -> None:
+    archive = archive_or_skip()
+    cache = _download_cache()
+    (path,) = qemu.find_emulators(["linux/riscv64"], search_dirs=[], archive=archive,
+                                  cache=cache).values()
+    good = debian.sha256_file(path)
+    with open(path, "r+b") as f:
+        f.seek(4096)
+        byte = f.read(1)
+        f.seek(4096)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    again = qemu.find_emulators(["linux/riscv64"], search_dirs=[], archive=archive,
+                                cache=cache)["riscv64"]
+    assert again == path and debian.sha256_file(again) == good
+    assert "does not match" in caplog.text
+
+
+@pytest.mark.network
+def test_tampered_qemu_package_is_refused(tmp_path: Path) -> None:
+    """A mirror serving a changed qemu-user-static .deb: refused, nothing unpacked."""
+    archive = archive_or_skip()
+    host = archmod.host_arch().debian
+    info = qemu._find_package(archive, host)
+    deb = archive.fetch(info)  # the real package, verified, in the shared download cache
+    index_rel = f"main/binary-{host}/Packages.xz"
+    index_sha = archive.release()[index_rel].sha256
+    (index,) = (archive.cache / "by-sha256").glob(f"{index_sha}-*")
+    (inrelease,) = (archive.cache / "inrelease").glob(f"*-{archive.suite}-InRelease")
+
+    mirror = tmp_path / "mirror"
+    suite_dir = mirror / "dists" / archive.suite
+    (suite_dir / f"main/binary-{host}").mkdir(parents=True)
+    shutil.copyfile(inrelease, suite_dir / "InRelease")
+    shutil.copyfile(index, suite_dir / index_rel)
+    bad = mirror / info.filename
+    bad.parent.mkdir(parents=True)
+    shutil.copyfile(deb, bad)
+    with open(bad, "r+b") as f:
+        f.seek(info.size // 2)
+        byte = f.read(1)
+        f.seek(info.size // 2)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+    cache = tmp_path / "cache"
+    local = debian.Archive(f"file://{mirror}", archive.suite, cache=cache)
+    with pytest.raises(debian.ChecksumError) as e:
+        qemu.find_emulators(["linux/arm64"], search_dirs=[], archive=local, cache=cache)
+    assert e.value.expected == info.sha256 and e.value.got != info.sha256
+    assert not (cache / "qemu").exists()
+    assert not list(cache.rglob("*.deb*"))  # neither the bad .deb nor a partial one kept
