@@ -190,6 +190,14 @@ class Dockerd:
             self.docker("rm", "-f", cid)
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def prune(self, prefix: str) -> None:
+        """Remove the images tagged ``prefix...`` and what only they used."""
+        out = self.docker("images", "--format", "{{.Repository}}:{{.Tag}}").output.split()
+        tags = [t for t in out if t.startswith(prefix)]
+        if tags:
+            self.docker("rmi", "-f", *tags)
+        self.docker("system", "prune", "-f")
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -332,6 +340,15 @@ class Buildah:
         finally:
             self.buildah("umount", ctr)
             self.buildah("rm", ctr)
+
+
+    def prune(self, prefix: str) -> None:
+        """Remove the images named ``prefix...`` (vfs keeps a full copy per layer)."""
+        out = self.buildah("images", "--format", "{{.Name}}:{{.Tag}}").output.split()
+        names = [n for n in out if n.removeprefix("localhost/").startswith(prefix)]
+        if names:
+            self.buildah("rmi", "-f", *names)
+        self.buildah("rmi", "--prune")
 
 
 def start_buildah() -> Buildah:
