@@ -432,7 +432,9 @@ def extract_deb(deb: Path, dest: Path, members: Iterable[str] | None = None) -> 
     dest.mkdir(parents=True, exist_ok=True)
     if members is None:
         tar = deb_data_tar(data)
-        # 'tar' filter: nothing lands outside dest, device nodes and setuid bits are refused.
+        if not hasattr(tarfile, "tar_filter"):  # Python < 3.11.4 has no extraction filters
+            raise DebFormatError("unpacking a whole .deb needs Python >= 3.11.4 (tar filters)")
+        # 'tar' filter: nothing lands outside dest, setuid and group/other-write bits dropped.
         tar.extractall(dest, filter="tar")
         return [dest / _norm(m.name) for m in tar.getmembers() if _norm(m.name) != "."]
     from .fsutil import write_atomic
@@ -573,10 +575,15 @@ class Archive:
 
     @classmethod
     def discover(
-        cls, mirror: str | None = None, suite: str | None = None, **kw: object
+        cls,
+        mirror: str | None = None,
+        suite: str | None = None,
+        *,
+        cache: Path | None = None,
+        keyring: Path = DEFAULT_KEYRING,
     ) -> Archive:
         """The archive from --mirror/$XSHIM_MIRROR/apt config and the given or host suite."""
-        return cls(find_mirror(mirror), suite or host_suite(), **kw)  # type: ignore[arg-type]
+        return cls(find_mirror(mirror), suite or host_suite(), cache=cache, keyring=keyring)
 
     def url(self, rel: str) -> str:
         return f"{self.mirror}/{rel.lstrip('/')}"
