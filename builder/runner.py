@@ -15,7 +15,14 @@ import signal
 from pathlib import Path
 
 from ..shim import arch as archmod
-from ..shim.supervisor import Config, SupervisorError, exit_code, guest_arch, supervise
+from ..shim.supervisor import (
+    Config,
+    SupervisorError,
+    exit_code,
+    guest_arch,
+    original_environ,
+    supervise,
+)
 from ..shim.tracelog import open_sink
 from .errors import InputError, PrivilegeError, XshimError
 from .qemu import MissingEmulatorError, find_emulators
@@ -165,7 +172,7 @@ def run_in_rootfs(
         _mount(sub, str(root / sub), fstype, flags, None)
     inside = _setup_dev(root, emulators)
 
-    env = {k.encode(): v.encode() for k, v in os.environ.items()}
+    env = original_environ() or dict(os.environb)
     config = Config(
         emulators=inside, trace=sink, chroot=str(root), cwd=workdir, search_path=True
     )

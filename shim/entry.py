@@ -162,10 +162,10 @@ def _die_like(status: int) -> int:
 
 
 def _run(prefix: str, argv: list[bytes], program: bytes | None, search_path: bool) -> int:
-    from .supervisor import Config, SupervisorError, supervise
+    from .supervisor import Config, SupervisorError, original_environ, supervise
     from .tracelog import open_sink
 
-    env = clean_environ(dict(os.environb), prefix.encode())
+    env = clean_environ(original_environ() or dict(os.environb), prefix.encode())
     try:
         sink = open_sink(os.environ.get("XSHIM_TRACE"))
     except OSError as e:

@@ -628,6 +628,26 @@ def guest_arch(path: bytes, root: str | None = None) -> Arch | None:
     return None
 
 
+def original_environ() -> dict[bytes, bytes] | None:
+    """The environment this process was started with, before anything changed it.
+
+    Python's locale coercion (PEP 538) adds LC_CTYPE and a frozen program's bootloader adds
+    variables of its own; /proc/self/environ still holds exactly what our caller passed, which is
+    what guests must get. None where /proc cannot tell.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    env: dict[bytes, bytes] = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key not in env:
+            env[key] = value
+    return env
+
+
 def exit_code(status: int) -> int:
     """The shell convention: the exit status, or 128+N for death by signal N."""
     if os.WIFEXITED(status):
