@@ -132,11 +132,82 @@ def _parse_rootfs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--second-stage", action="store_true", help="also run the second stage")
 
 
+# --- xshim patch ---------------------------------------------------------------------------------
+
+PATCH_EPILOG = """\
+examples:
+  xshim patch Dockerfile -o Dockerfile.xshim
+  docker build -f Dockerfile.xshim .
+  xshim patch --platform linux/arm64 Dockerfile | docker build -f - .
+  xshim patch --mode mount --bundle .xshim -o Dockerfile.xshim Dockerfile
+  buildah bud --platform linux/arm64 -f Dockerfile.xshim .
+  xshim patch --check Dockerfile                  # CI: exit 1 when a stage needs patching
+  xshim patch --check --format json Dockerfile    # hadolint-style records
+  xshim patch --diff Dockerfile
+  xshim patch -o Dockerfile Dockerfile            # in place (written atomically)
+
+Stages whose platform is foreign to this host (FROM --platform=linux/arm64, an arm64v8/ image,
+or --platform for stages without their own) get their RUN steps routed through the shim bundle
+made by 'xshim bundle'. copy mode (default, works with every builder) copies the bundle in
+after FROM and removes it, restoring /bin/sh, at the end of the stage; mount mode (BuildKit,
+buildah, podman) bind-mounts it into each RUN. Every other byte is left as it was, and patching
+a patched file changes nothing. The patched file goes to stdout unless -o is given; add
+--build-arg XSHIM_TRACE=1 to the build to see every exec translation.
+"""
+
+
+def _cmd_patch(args: argparse.Namespace) -> int:
+    from .patch import PatchRequest, run_patch
+
+    return run_patch(
+        PatchRequest(
+            dockerfile=args.dockerfile,
+            output=args.output,
+            platform=args.platform,
+            bundle=args.bundle,
+            prefix=args.prefix,
+            mode=args.mode,
+            context=args.context,
+            check=args.check,
+            diff=args.diff,
+            format=args.format,
+        )
+    )
+
+
+def _parse_patch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _add(sub, "patch", "rewrite a Dockerfile so its foreign-architecture stages build "
+             "without binfmt_misc", PATCH_EPILOG, _cmd_patch)
+    p.add_argument("dockerfile", metavar="DOCKERFILE", help="the Dockerfile, or - for stdin")
+    p.add_argument("--platform", metavar="P",
+                   help="the build's target platform, as given to 'docker build --platform' "
+                   "(default: stages without their own platform are native)")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="write the patched Dockerfile here (atomically); - or none: stdout")
+    p.add_argument("--bundle", metavar="DIR",
+                   help="the bundle made by 'xshim bundle', checked and written into the "
+                   "Dockerfile relative to the build context (default: .xshim, not checked)")
+    p.add_argument("--prefix", metavar="PATH",
+                   help="where the bundle lives in the image (default: the bundle's, or /.xshim)")
+    p.add_argument("--mode", choices=["copy", "mount"], default="copy",
+                   help="copy: install into each stage (any builder); mount: bind-mount per RUN "
+                   "(BuildKit, buildah, podman)")
+    p.add_argument("--context", metavar="DIR", default=".",
+                   help="the build context --bundle is relative to (default: .)")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; list the stages that need patching, exit 1 if any")
+    p.add_argument("--diff", action="store_true",
+                   help="print a unified diff instead of the patched file")
+    p.add_argument("--format", choices=["text", "json"], default="text",
+                   help="findings as text lines or hadolint-style JSON records")
+
+
 # --- registry ------------------------------------------------------------------------------------
 
 PARSERS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _parse_run,
     _parse_rootfs,
+    _parse_patch,
 ]
 
 

@@ -41,14 +41,13 @@ from .dockerfile_lex import (
     Instruction,
     Lexed,
     LexError,
-    ShellError,
-    ShellLex,
     chomp_heredoc,
     lex,
     parse_heredoc,
     parse_words,
     split_lines,
 )
+from .dockerfile_shell import ShellError, ShellLex
 from .errors import InputError, SourceError
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -311,11 +310,10 @@ def _stage_from(
         return stage
     try:
         target = resolve_platform(platform)
-    except archmod.UnknownPlatformError as e:
-        raise _source_error(
-            filename, ins.line, f"unknown platform {platform!r} in {ins.keyword} line",
-            "use a platform such as linux/arm64, linux/arm/v7, linux/riscv64, linux/ppc64le, "
-            f"linux/s390x ({e})") from None
+    except archmod.UnknownPlatformError:
+        known = ", ".join(a.platform for a in archmod.ARCHES)
+        raise _source_error(filename, ins.line, f"unknown platform {platform!r} in FROM",
+                            f"use one of: {known}") from None
     stage.platform = target.platform
     stage.kind = "native" if archmod.natively_runs(host, target) else "foreign"
     return stage
@@ -587,5 +585,6 @@ __all__ = [
     "analyse",
     "check_options",
     "patch",
+    "resolve_platform",
     "split_lines",
 ]

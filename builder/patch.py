@@ -1,0 +1,179 @@
+"""``xshim patch``: the I/O around the Dockerfile rewriter (builder/dockerfile.py).
+
+Reads the Dockerfile (a file or ``-`` for stdin), checks the options and the bundle, and writes
+the patched text atomically to ``-o FILE`` or to stdout; ``--check`` and ``--diff`` write
+nothing. Findings go to stdout with ``--check`` and to stderr otherwise.
+
+Exit status: 0 done (``--check``: nothing to patch), 1 (``--check`` only) stages need patching,
+2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from ..shim import arch as archmod
+from .dockerfile import (
+    DEFAULT_BUNDLE,
+    DEFAULT_PREFIX,
+    Finding,
+    Mode,
+    Options,
+    PatchResult,
+    patch,
+    resolve_platform,
+)
+from .errors import InputError
+from .fsutil import write_atomic
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PatchRequest:
+    dockerfile: str  # a path, or "-" for stdin
+    output: str | None = None  # a path, "-" or None for stdout
+    platform: str | None = None
+    bundle: str | None = None  # the bundle directory on this machine
+    prefix: str | None = None
+    mode: str = "copy"
+    context: str = "."
+    check: bool = False
+    diff: bool = False
+    format: str = "text"
+
+
+def _read_input(path: str, stdin: TextIO) -> tuple[str, str]:
+    """(display name, text) with undecodable bytes kept through surrogateescape."""
+    if path == "-":
+        data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
+        return "<stdin>", data.decode("utf-8", "surrogateescape")
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file",
+                         "give the path of a Dockerfile, or - to read one from stdin") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory",
+                         f"give the Dockerfile itself, e.g. {os.path.join(path, 'Dockerfile')}"
+                         ) from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    return path, data.decode("utf-8", "surrogateescape")
+
+
+def _read_manifest(bundle: Path) -> dict[str, object]:
+    manifest = bundle / MANIFEST
+    if not bundle.is_dir():
+        raise InputError(f"bundle directory {str(bundle)!r} does not exist",
+                         f"make it first: xshim bundle -o {bundle}")
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{manifest}: no such file; {str(bundle)!r} is not an xshim bundle",
+                         f"make the bundle with: xshim bundle -o {bundle}") from None
+    except (ValueError, OSError) as e:
+        raise InputError(f"{manifest}: unreadable manifest: {e}",
+                         f"make the bundle again with: xshim bundle -o {bundle}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{manifest}: not a bundle manifest (expected a JSON object)",
+                         f"make the bundle again with: xshim bundle -o {bundle}")
+    return data
+
+
+def resolve_options(req: PatchRequest) -> Options:
+    """Turn the command-line values into rewriter options, checking the bundle if one is given."""
+    if req.mode not in ("copy", "mount"):
+        raise InputError(f"unknown mode {req.mode!r}", "use --mode copy or --mode mount")
+    platform = None
+    if req.platform:
+        try:
+            platform = resolve_platform(req.platform).platform
+        except archmod.UnknownPlatformError as e:
+            raise InputError(str(e), "give --platform as os/arch[/variant], e.g. linux/arm64"
+                             ) from None
+    bundle_text = DEFAULT_BUNDLE
+    prefix = req.prefix
+    if req.bundle is not None:
+        bundle = Path(req.bundle)
+        manifest = _read_manifest(bundle)
+        declared = manifest.get("prefix")
+        if isinstance(declared, str) and declared:
+            if prefix is not None and prefix.rstrip("/") != declared.rstrip("/"):
+                raise InputError(
+                    f"the bundle {req.bundle!r} was made for prefix {declared!r}, "
+                    f"not {prefix!r}",
+                    f"drop --prefix, or make the bundle again: xshim bundle -o {req.bundle} "
+                    f"--prefix {prefix}")
+            prefix = declared
+        context = Path(req.context).resolve()
+        real = bundle.resolve()
+        try:
+            bundle_text = real.relative_to(context).as_posix()
+        except ValueError:
+            raise InputError(
+                f"the bundle {req.bundle!r} is outside the build context {req.context!r}",
+                "make the bundle inside the directory you build from "
+                "(xshim bundle -o .xshim), or give that directory with --context") from None
+    return Options(platform=platform, mode=Mode(req.mode), bundle=bundle_text,
+                   prefix=prefix or DEFAULT_PREFIX)
+
+
+def format_findings(name: str, findings: list[Finding], fmt: str) -> str:
+    if fmt == "json":
+        records = [{"file": name, "line": f.line, "column": f.column, "level": f.level,
+                    "code": f.code, "message": f.message} for f in findings]
+        return json.dumps(records, indent=2) + "\n"
+    return "".join(f"{name}:{f.line}:{f.column}: {f.level} {f.code}: {f.message}\n"
+                   for f in findings)
+
+
+def unified_diff(name: str, old: str, new: str) -> str:
+    from .dockerfile_lex import split_lines
+
+    a, b = (name, name) if name.startswith(("/", "<")) else (f"a/{name}", f"b/{name}")
+    lines = difflib.unified_diff(split_lines(old), split_lines(new), a, b)
+    out = []
+    for ln in lines:
+        out.append(ln if ln.endswith("\n") else ln + "\n\\ No newline at end of file\n")
+    return "".join(out)
+
+
+def run_patch(req: PatchRequest, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+              stderr: TextIO = sys.stderr) -> int:
+    options = resolve_options(req)
+    name, text = _read_input(req.dockerfile, stdin)
+    result: PatchResult = patch(text, options, filename=name)
+    if req.check:
+        needing = [f for f in result.findings if f.code == "XS001"]
+        shown = result.findings if req.format == "json" else needing or result.findings
+        stdout.write(format_findings(name, shown, req.format))
+        return 1 if result.changed else 0
+    if req.diff:
+        _write_text(stdout, unified_diff(name, text, result.text))
+    if req.output not in (None, "-"):
+        assert req.output is not None
+        write_atomic(req.output, result.text.encode("utf-8", "surrogateescape"))
+    elif not req.diff:
+        _write_text(stdout, result.text)
+    report = format_findings(name, [f for f in result.findings if f.level != "info"]
+                             if req.format == "text" else result.findings, req.format)
+    if report and (req.format == "json" or result.findings):
+        stderr.write(report)
+    return 0
+
+
+def _write_text(stream: TextIO, text: str) -> None:
+    data = text.encode("utf-8", "surrogateescape")
+    if hasattr(stream, "buffer"):
+        stream.flush()
+        stream.buffer.write(data)
+        stream.buffer.flush()
+    else:
+        stream.write(data.decode("utf-8", "replace"))
