@@ -42,6 +42,7 @@ from .dockerfile_lex import (
     Lexed,
     LexError,
     chomp_heredoc,
+    close_continuation,
     lex,
     parse_heredoc,
     parse_words,
@@ -529,8 +530,11 @@ def _assemble(lexed: Lexed, plan: _Plan) -> str:
                     emit_old(lines[j] if lines[j].endswith("\n") else lines[j] + eol)
             emit_new(plan.replace[k], eol)
         else:
-            for j in range(ins.start, ins.end):
-                emit_old(lines[j])
+            span = lines[ins.start:ins.end]
+            if ins.unterminated and k in plan.after:
+                span = close_continuation(span, lexed.escape)
+            for line in span:
+                emit_old(line)
         for text in plan.after.get(k, []):
             emit_new(text, eol)
         i = ins.end

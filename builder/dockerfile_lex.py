@@ -86,6 +86,7 @@ class Instruction:
     values: tuple[str | Instruction, ...]  # the node's arguments as BuildKit's dump shows them
     sub: Instruction | None = None  # the trigger instruction of an ONBUILD
     body_start: int = 0  # first line of the heredoc bodies (== end when there are none)
+    unterminated: bool = False  # the file ended inside this instruction's line continuation
 
     @property
     def cmd(self) -> str:
@@ -468,6 +469,26 @@ class _Directives:
         return line, True
 
 
+def close_continuation(lines: list[str], escape: str) -> list[str]:
+    """The lines of an instruction left open at the end of the file, with the dangling escape
+    characters removed: the logical line stays the same, and a line added after it is no longer
+    joined to it."""
+    cont = _continuation_regex(escape)
+    out = list(lines)
+    for k in range(len(out) - 1, -1, -1):
+        body = _trim_newline(out[k])
+        if k > 0 and (_is_comment(body) or not go_trim_left(body)):
+            continue
+        m = cont.search(body)
+        if not m:
+            break
+        stripped = body[: m.start()] + (m.group(1) or "")
+        out[k] = stripped + out[k][len(body):]
+        if go_trim_left(stripped):
+            break
+    return out
+
+
 def _continuation_regex(escape: str) -> re.Pattern[str]:
     e = re.escape(escape)
     return re.compile(rf"([^{e}]){e}[ \t]*\Z|^{e}[ \t]*\Z")
@@ -515,7 +536,7 @@ def lex(text: str) -> Lexed:
             buf.append(tok)
         logical = "".join(buf)
         ins = node_from_line(logical, d.escape, start, i)
-        ins = _replace(ins, body_start=i)
+        ins = _replace(ins, body_start=i, unterminated=not end_of_line)
         if _can_contain_heredoc(ins) and "<<" in logical:
             try:
                 docs = heredocs_from_line(logical)

@@ -145,8 +145,11 @@ def unified_diff(name: str, old: str, new: str) -> str:
     return "".join(out)
 
 
-def run_patch(req: PatchRequest, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
-              stderr: TextIO = sys.stderr) -> int:
+def run_patch(req: PatchRequest, stdin: TextIO | None = None, stdout: TextIO | None = None,
+              stderr: TextIO | None = None) -> int:
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
     options = resolve_options(req)
     name, text = _read_input(req.dockerfile, stdin)
     result: PatchResult = patch(text, options, filename=name)

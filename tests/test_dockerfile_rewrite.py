@@ -1,0 +1,524 @@
+"""The rewriter: which stages are foreign, what each rule writes, and that nothing else moves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from xshim.builder.dockerfile import Mode, Options, patch
+from xshim.builder.dockerfile_lex import Instruction, Lexed, LexError, lex
+from xshim.builder.errors import InputError, SourceError
+from xshim.shim import arch
+
+CORPUS = Path(__file__).parent / "corpus" / "dockerfile"
+HOST = arch.by_name("x86_64")
+P = "/.xshim"
+EXEC = f"{P}/bin/xshim-exec"
+SH = f"{P}/bin/sh"
+MOUNT = "--mount=type=bind,source=.xshim,target=/.xshim"
+
+
+def opts(mode: str = "copy", platform: str | None = None, **kw: str) -> Options:
+    return Options(platform=platform, mode=Mode(mode), host=HOST, **kw)  # type: ignore[arg-type]
+
+
+def rewrite(text: str, mode: str = "copy", platform: str | None = None) -> str:
+    return patch(text, opts(mode, platform)).text
+
+
+def kinds(text: str, platform: str | None = None) -> list[tuple[str, str | None]]:
+    return [(s.kind, s.platform) for s in patch(text, opts("copy", platform)).stages]
+
+
+# --- the exact output, one example per mode (integration tests rely on this shape) --------------
+
+EXAMPLE = """\
+FROM --platform=linux/arm64 debian:bookworm AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN echo hi | cat
+RUN ["dpkg", "--print-architecture"]
+USER nobody
+
+FROM build
+RUN id -u
+"""
+
+EXAMPLE_COPY = """\
+FROM --platform=linux/arm64 debian:bookworm AS build
+ARG XSHIM_TRACE
+COPY .xshim /.xshim
+RUN ["/.xshim/bin/xshim-install"]
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c", "echo hi | cat"]
+RUN ["/.xshim/bin/xshim-exec", "dpkg", "--print-architecture"]
+USER nobody
+USER root
+RUN ["/.xshim/bin/xshim-restore", "--remove-bundle"]
+USER nobody
+
+FROM build
+ARG XSHIM_TRACE
+USER root
+COPY .xshim /.xshim
+RUN ["/.xshim/bin/xshim-install"]
+USER nobody
+RUN ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c", "id -u"]
+USER root
+RUN ["/.xshim/bin/xshim-restore", "--remove-bundle"]
+USER nobody
+"""
+
+EXAMPLE_MOUNT = """\
+FROM --platform=linux/arm64 debian:bookworm AS build
+ARG XSHIM_TRACE
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN --mount=type=bind,source=.xshim,target=/.xshim \
+["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c", "echo hi | cat"]
+RUN --mount=type=bind,source=.xshim,target=/.xshim \
+["/.xshim/bin/xshim-exec", "dpkg", "--print-architecture"]
+USER nobody
+
+FROM build
+ARG XSHIM_TRACE
+RUN --mount=type=bind,source=.xshim,target=/.xshim \
+["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c", "id -u"]
+"""
+
+
+def test_copy_mode_example() -> None:
+    assert rewrite(EXAMPLE) == EXAMPLE_COPY
+
+
+def test_mount_mode_example() -> None:
+    assert rewrite(EXAMPLE, "mount") == EXAMPLE_MOUNT
+
+
+def test_default_shell() -> None:
+    text = "FROM --platform=linux/arm64 debian\nRUN apt-get update\n"
+    assert rewrite(text) == (
+        "FROM --platform=linux/arm64 debian\nARG XSHIM_TRACE\nCOPY .xshim /.xshim\n"
+        'RUN ["/.xshim/bin/xshim-install"]\nRUN apt-get update\n'
+        'RUN ["/.xshim/bin/xshim-restore", "--remove-bundle"]\n')
+    assert rewrite(text, "mount") == (
+        "FROM --platform=linux/arm64 debian\nARG XSHIM_TRACE\n"
+        f'RUN {MOUNT} ["/.xshim/bin/sh", "-c", "apt-get update"]\n')
+
+
+# --- which stages are foreign ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "platform", "expected"),
+    [
+        ("FROM debian\nRUN x\n", None, [("native", "linux/amd64")]),
+        ("FROM debian\nRUN x\n", "linux/arm64", [("foreign", "linux/arm64")]),
+        ("FROM --platform=linux/arm64 debian\nRUN x\n", None, [("foreign", "linux/arm64")]),
+        ("FROM --platform=linux/arm/v7 debian\nRUN x\n", None, [("foreign", "linux/arm/v7")]),
+        ("FROM --platform=linux/amd64 debian\nRUN x\n", "linux/arm64", [("native", "linux/amd64")]),
+        ("FROM arm64v8/debian\nRUN x\n", None, [("foreign", "linux/arm64")]),
+        ("FROM arm32v7/debian\nRUN x\n", None, [("foreign", "linux/arm/v7")]),
+        ("FROM arm32v6/alpine\nRUN x\n", None, [("foreign", "linux/arm/v5")]),
+        ("FROM ppc64le/debian\nRUN x\n", None, [("foreign", "linux/ppc64le")]),
+        ("FROM s390x/debian\nRUN x\n", None, [("foreign", "linux/s390x")]),
+        ("FROM riscv64/debian\nRUN x\n", None, [("foreign", "linux/riscv64")]),
+        ("FROM registry.example:5000/arm64v8/debian\nRUN x\n", None, [("foreign", "linux/arm64")]),
+        ("FROM myorg/arm64v8\nRUN x\n", None, [("native", "linux/amd64")]),
+        # i386 runs natively on x86_64 kernels.
+        ("FROM i386/debian\nRUN x\n", None, [("native", "linux/386")]),
+        ("FROM --platform=$BUILDPLATFORM golang\nRUN x\n", "linux/arm64",
+         [("build-platform", "linux/amd64")]),
+        ("FROM --platform=${BUILDPLATFORM} golang\nRUN x\n", "linux/arm64",
+         [("build-platform", "linux/amd64")]),
+        ("FROM --platform=$BUILDOS/$BUILDARCH golang\nRUN x\n", "linux/arm64",
+         [("build-platform", "linux/amd64")]),
+        ("FROM --platform=$TARGETPLATFORM debian\nRUN x\n", "linux/riscv64",
+         [("foreign", "linux/riscv64")]),
+        ("FROM --platform=$TARGETPLATFORM debian\nRUN x\n", None, [("native", "linux/amd64")]),
+        ("ARG P=linux/s390x\nFROM --platform=$P debian\nRUN x\n", None,
+         [("foreign", "linux/s390x")]),
+        ("ARG IMG=arm64v8/debian\nFROM ${IMG}:bookworm\nRUN x\n", None,
+         [("foreign", "linux/arm64")]),
+        ("FROM scratch\nCOPY a /\n", "linux/arm64", [("scratch", None)]),
+        ("FROM --platform=windows/amd64 servercore\nRUN x\n", None,
+         [("windows", "windows/amd64")]),
+        ("FROM registry.example/windows/servercore:ltsc2022\nRUN x\n", "linux/arm64",
+         [("windows", "linux/arm64")]),
+        # FROM <stage> inherits the parent's platform; stage names are case-insensitive.
+        ("FROM --platform=linux/arm64 debian AS Base\nRUN x\nFROM base\nRUN y\n", None,
+         [("foreign", "linux/arm64"), ("foreign", "linux/arm64")]),
+        ("FROM --platform=$BUILDPLATFORM debian AS b\nRUN x\nFROM B\nRUN y\n", "linux/arm64",
+         [("build-platform", "linux/amd64"), ("build-platform", "linux/amd64")]),
+    ],
+)
+def test_stage_platforms(text: str, platform: str | None,
+                         expected: list[tuple[str, str | None]]) -> None:
+    assert kinds(text, platform) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "FROM debian\nRUN x\n",
+        "FROM --platform=$BUILDPLATFORM golang\nRUN go build\n",
+        "FROM scratch\nCOPY a /\n",
+        "FROM --platform=linux/arm64 debian\nCOPY a /\nENV X=1\n",  # no RUN: nothing to do
+        "FROM --platform=windows/amd64 registry.example/windows/servercore\nRUN dir\n",
+        "FROM i386/debian\nRUN true\n",
+    ],
+)
+def test_left_alone(text: str) -> None:
+    assert rewrite(text, "copy", "linux/arm64" if "golang" in text else None) == text
+    assert rewrite(text, "mount", "linux/arm64" if "golang" in text else None) == text
+
+
+def test_unknown_platform_is_a_source_error() -> None:
+    with pytest.raises(SourceError) as e:
+        patch("FROM a\n\nFROM --platform=linux/vax debian\nRUN x\n", opts())
+    assert e.value.line == 3 and e.value.file == "Dockerfile"
+    assert "linux/vax" in e.value.message and e.value.hint
+
+
+def test_unparseable_dockerfile_is_a_source_error() -> None:
+    with pytest.raises(SourceError) as e:
+        patch("FROM a\nENV PATH\n", opts(), filename="x/Dockerfile")
+    assert e.value.file == "x/Dockerfile" and e.value.line == 2 and e.value.exit_code == 2
+
+
+@pytest.mark.parametrize("bundle", ["/abs", "../out", "a b", "a,b", "$X", "a`b"])
+def test_bad_bundle_paths_are_refused(bundle: str) -> None:
+    with pytest.raises(InputError):
+        patch("FROM a\n", Options(bundle=bundle, host=HOST))
+
+
+# --- RUN rules ---------------------------------------------------------------------------------
+
+FOREIGN = "FROM --platform=linux/arm64 debian\n"
+
+
+def runs_of(text: str) -> list[Instruction]:
+    return [i for i in lex(text).instructions if i.cmd == "run"]
+
+
+def wrapped(body: str, mode: str = "copy") -> list[Instruction]:
+    """The RUN instructions the rewrite produces for a stage body, without the inserted ones."""
+    out = runs_of(rewrite(FOREIGN + body, mode))
+    return [r for r in out if not (r.json and r.json[0] in (f"{P}/bin/xshim-install",
+                                                             f"{P}/bin/xshim-restore"))]
+
+
+@pytest.mark.parametrize(
+    ("body", "copy_argv", "mount_argv"),
+    [
+        ("RUN a && b\n", None, [SH, "-c", "a && b"]),
+        ('RUN ["apt-get", "update"]\n', [EXEC, "apt-get", "update"],
+         [EXEC, "apt-get", "update"]),
+        ('SHELL ["/bin/bash", "-o", "pipefail", "-c"]\nRUN a | b\n',
+         [EXEC, "/bin/bash", "-o", "pipefail", "-c", "a | b"],
+         [EXEC, "/bin/bash", "-o", "pipefail", "-c", "a | b"]),
+        # Continuations joined exactly as the builder joins them (comment lines dropped).
+        ('SHELL ["/bin/bash", "-c"]\nRUN a \\\n  # note\n  && b\n',
+         [EXEC, "/bin/bash", "-c", "a   && b"], [EXEC, "/bin/bash", "-c", "a   && b"]),
+        # Invalid JSON is shell form.
+        ("RUN ['x']\n", None, [SH, "-c", "['x']"]),
+        # An explicit default SHELL is the default.
+        ('SHELL ["/bin/sh", "-c"]\nRUN a\n', None, [SH, "-c", "a"]),
+    ],
+)
+def test_run_rules(body: str, copy_argv: list[str] | None, mount_argv: list[str]) -> None:
+    original = runs_of(FOREIGN + body)[0]
+    (copy_run,) = wrapped(body)
+    if copy_argv is None:
+        assert copy_run.logical == original.logical
+    else:
+        assert list(copy_run.json or ()) == copy_argv
+    (mount_run,) = wrapped(body, "mount")
+    assert list(mount_run.json or ()) == mount_argv
+    assert mount_run.flags[0] == MOUNT
+
+
+def test_run_flags_are_kept() -> None:
+    body = 'RUN --mount=type=cache,target=/var/cache/apt --network=none ["apt-get", "update"]\n'
+    (c,) = wrapped(body)
+    assert c.flags == ("--mount=type=cache,target=/var/cache/apt", "--network=none")
+    assert list(c.json or ()) == [EXEC, "apt-get", "update"]
+    (m,) = wrapped(body, "mount")
+    assert m.flags == (MOUNT, "--mount=type=cache,target=/var/cache/apt", "--network=none")
+    body = 'SHELL ["/bin/bash", "-c"]\nRUN --network=host apt-get update\n'
+    (c,) = wrapped(body)
+    assert c.flags == ("--network=host",) and c.json == (EXEC, "/bin/bash", "-c",
+                                                         "apt-get update")
+
+
+def test_shell_inherited_from_parent_stage() -> None:
+    text = (FOREIGN[:-1] + " AS a\nSHELL [\"/bin/bash\", \"-c\"]\nRUN x\n"
+            "FROM a\nRUN y\n")
+    runs = [r for r in runs_of(rewrite(text)) if r.json and r.json[0] == EXEC]
+    assert [r.json for r in runs] == [(EXEC, "/bin/bash", "-c", "x"),
+                                      (EXEC, "/bin/bash", "-c", "y")]
+
+
+# --- heredocs: the argv BuildKit's dispatchRun would build -------------------------------------
+
+
+def test_heredoc_default_shell() -> None:
+    body = "RUN <<EOF\necho one\necho two\nEOF\n"
+    (c,) = wrapped(body)
+    assert c.heredocs and c.heredocs[0].content == "echo one\necho two\n"  # unchanged in copy
+    (m,) = wrapped(body, "mount")
+    assert m.json == (SH, "-c", "echo one\necho two\n")
+
+
+def test_heredoc_chomp() -> None:
+    (m,) = wrapped("RUN <<-EOF\n\techo one\n\t\techo two\n\tEOF\n", "mount")
+    assert m.json == (SH, "-c", "echo one\necho two\n")
+
+
+def test_heredoc_complex_command_is_reconstituted() -> None:
+    body = "RUN python3 <<A 3<<B > /out\nprint(1)\nA\nthree\nB\n"
+    (m,) = wrapped(body, "mount")
+    assert m.json == (SH, "-c", "python3 <<A 3<<B > /out\nprint(1)\nA\nthree\nB")
+
+
+def test_heredoc_with_custom_shell_in_copy_mode() -> None:
+    (c,) = wrapped('SHELL ["/bin/bash", "-eu", "-c"]\nRUN <<EOF\nset -o pipefail\nEOF\n')
+    assert c.json == (EXEC, "/bin/bash", "-eu", "-c", "set -o pipefail\n")
+
+
+def test_heredoc_shebang_is_written_to_a_file_and_run() -> None:
+    body = "RUN <<-EOF\n\t#!/usr/bin/python3\n\tprint(1)\nEOF\n"
+    (c,) = wrapped(body)
+    assert c.heredocs  # copy mode, default shell: BuildKit runs it with /bin/sh, the shim
+    (m,) = wrapped(body, "mount")
+    assert m.flags == (MOUNT, "--mount=type=tmpfs,target=/dev/pipes")
+    assert m.json is not None and m.json[:2] == (SH, "-c")
+    script, arg0, data, path, *rest = m.json[2:]
+    assert arg0 == "sh" and data == "#!/usr/bin/python3\nprint(1)\n"
+    assert path == "/dev/pipes/EOF" and rest == ["/bin/sh", "-c", "/dev/pipes/EOF"]
+    assert '"$1" >"$2"' in script and 'exec "$@"' in script
+
+
+def test_heredoc_crlf_body_is_kept_exactly() -> None:
+    text = FOREIGN.replace("\n", "\r\n") + "RUN <<EOF\r\necho a\r\nEOF\r\n"
+    out = rewrite(text, "mount")
+    (m,) = runs_of(out)
+    assert m.json == (SH, "-c", "echo a\r\n")
+    assert out.count("\r\n") == out.count("\n")
+
+
+# --- USER, ONBUILD, casing, line endings, idempotency -----------------------------------------
+
+
+def test_user_sandwich_only_for_non_root() -> None:
+    for user, sandwich in [("root", False), ("0:0", False), ("app", True), ("1000", True)]:
+        out = rewrite(FOREIGN + f"RUN x\nUSER {user}\n")
+        assert out.endswith(f"USER {user}\nUSER root\nRUN [\"{P}/bin/xshim-restore\", "
+                            f"\"--remove-bundle\"]\nUSER {user}\n") == sandwich
+
+
+def test_onbuild_run_is_reported_not_rewritten() -> None:
+    text = FOREIGN + "ONBUILD RUN make\nRUN x\n"
+    result = patch(text, opts())
+    assert "ONBUILD RUN make\n" in result.text
+    assert any(f.code == "XS010" and f.line == 2 for f in result.findings)
+
+
+def test_inserted_lines_follow_casing_and_crlf() -> None:
+    text = "from --platform=linux/arm64 debian\r\nrun x\r\nuser app\r\n"
+    out = rewrite(text)
+    assert out == (
+        "from --platform=linux/arm64 debian\r\narg XSHIM_TRACE\r\ncopy .xshim /.xshim\r\n"
+        'run ["/.xshim/bin/xshim-install"]\r\nrun x\r\nuser app\r\nuser root\r\n'
+        'run ["/.xshim/bin/xshim-restore", "--remove-bundle"]\r\nuser app\r\n')
+
+
+def test_missing_final_newline_stays_missing() -> None:
+    out = rewrite(FOREIGN + "RUN x")
+    assert out.endswith('RUN x\nRUN ["/.xshim/bin/xshim-restore", "--remove-bundle"]')
+    out = rewrite(FOREIGN + "RUN x", "mount")
+    assert out.endswith('"-c", "x"]') and "RUN x" not in out
+
+
+def test_trace_arg_not_duplicated() -> None:
+    out = rewrite(FOREIGN + "ARG XSHIM_TRACE=1\nRUN x\n", "mount")
+    assert out.count("XSHIM_TRACE") == 1
+
+
+@pytest.mark.parametrize("mode", ["copy", "mount"])
+def test_idempotent(mode: str) -> None:
+    once = rewrite(EXAMPLE, mode)
+    assert rewrite(once, mode) == once
+
+
+def test_mixing_modes_is_refused() -> None:
+    with pytest.raises(SourceError, match="already patched in copy mode"):
+        rewrite(rewrite(EXAMPLE), "mount")
+    with pytest.raises(SourceError, match="already patched in mount mode"):
+        rewrite(rewrite(EXAMPLE, "mount"), "copy")
+
+
+def test_bundle_and_prefix_options() -> None:
+    out = patch(FOREIGN + "RUN x\n", Options(mode=Mode.MOUNT, bundle="build/xs", prefix="/opt/xs",
+                                             host=HOST)).text
+    (r,) = runs_of(out)
+    assert r.flags == ("--mount=type=bind,source=build/xs,target=/opt/xs",)
+    assert r.json == ("/opt/xs/bin/sh", "-c", "x")
+
+
+# --- preservation: every original instruction is still there, in order -------------------------
+
+
+def _span_text(lexed: Lexed, ins: Instruction) -> str:
+    return "".join(lexed.lines[ins.start:ins.end]).rstrip("\r\n")
+
+
+def _is_inserted(ins: Instruction, users: set[str]) -> bool:
+    if ins.cmd == "arg":
+        return ins.args == "XSHIM_TRACE"
+    if ins.cmd == "copy":
+        return ins.args == f".xshim {P}"
+    if ins.cmd == "user":
+        return ins.args == "root" or ins.args in users
+    if ins.cmd == "run":
+        return ins.json in ((f"{P}/bin/xshim-install",),
+                            (f"{P}/bin/xshim-restore", "--remove-bundle"))
+    return False
+
+
+def _wraps(orig: Instruction, new: Instruction, mode: str) -> bool:
+    """Whether ``new`` runs what ``orig`` ran, through the shim, with the same flags."""
+    if new.cmd != "run" or orig.cmd != "run" or new.json is None:
+        return False
+    flags = list(new.flags)
+    if mode == "mount":
+        if not flags or flags[0] != MOUNT:
+            return False
+        flags = flags[1:]
+    if flags and flags[0] == "--mount=type=tmpfs,target=/dev/pipes" and orig.heredocs:
+        flags = flags[1:]
+    if tuple(flags) != orig.flags:
+        return False
+    argv = new.json
+    if orig.json is not None:
+        return argv == (EXEC, *orig.json)
+    if argv[0] not in (EXEC, SH):
+        return False
+    if orig.heredocs:
+        return all(h.content.replace("\t", "") in argv[-1].replace("\t", "")
+                   or h.content.replace("\t", "") in "".join(argv).replace("\t", "")
+                   for h in orig.heredocs)
+    return argv[-1] == orig.args
+
+
+def assert_preserved(original: str, patched: str, mode: str) -> None:
+    a, b = lex(original), lex(patched)
+    users = {i.args for i in a.instructions if i.cmd == "user"}
+    j = 0
+    for ins in b.instructions:
+        if j < len(a.instructions):
+            orig = a.instructions[j]
+            same = _span_text(b, ins) == _span_text(a, orig)
+            # An instruction the file ended inside of loses its dangling escape characters when
+            # something is appended after it; what the builder reads stays the same.
+            if not same and orig.unterminated:
+                same = (ins.keyword, ins.logical.rstrip()) == (orig.keyword, orig.logical.rstrip())
+            if same or _wraps(orig, ins, mode):
+                j += 1
+                continue
+        assert _is_inserted(ins, users), f"unexpected instruction {_span_text(b, ins)!r}"
+    assert j == len(a.instructions), "an original instruction went missing"
+
+
+def corpus_files() -> list[Path]:
+    files = sorted(CORPUS.glob("buildkit/testfiles/*/Dockerfile"))
+    files += sorted(CORPUS.glob("buildkit-heredoc/*.Dockerfile"))
+    files += sorted(p for p in (CORPUS / "real").iterdir() if p.name != "SOURCES.txt")
+    return files
+
+
+@pytest.mark.parametrize("path", corpus_files(), ids=lambda p: str(p.relative_to(CORPUS)))
+def test_corpus_round_trip(path: Path) -> None:
+    text = path.read_bytes().decode("utf-8", "surrogateescape")
+    assert rewrite(text) == text  # no foreign stage: byte-identical
+    for mode in ("copy", "mount"):
+        result = patch(text, opts(mode, "linux/arm64"))
+        assert_preserved(text, result.text, mode)
+        assert patch(result.text, opts(mode, "linux/arm64")).text == result.text
+        lexed = lex(text)
+        foreign_runs = any(s.foreign and s.runs for s in result.stages)
+        assert (result.text != text) == foreign_runs, lexed.escape
+
+
+def test_windows_dockerfile_untouched_for_any_platform() -> None:
+    text = (CORPUS / "real" / "moby.Dockerfile.windows").read_text()
+    assert rewrite(text, "copy", "linux/arm64") == text
+
+
+# --- property: generated Dockerfiles never lose or reorder an instruction ----------------------
+
+_word = st.text(alphabet="abcxyz019_-./$'\" |&;", min_size=1, max_size=12).filter(
+    lambda s: s.strip() and "<<" not in s)
+_body = st.lists(_word, min_size=1, max_size=4).map(" ".join)
+_run_shell = _body.map(lambda s: f"RUN {s}")
+_run_exec = st.lists(_word, min_size=1, max_size=3).map(lambda w: "RUN " + json.dumps(w))
+_run_cont = st.tuples(_body, _body).map(lambda t: f"RUN {t[0]} \\\n  # c\n\n  {t[1]}")
+_run_flag = _body.map(lambda s: f"RUN --network=none --mount=type=cache,target=/c {s}")
+_run_heredoc = st.tuples(st.sampled_from(["", "-", "'"]), _body, st.booleans()).map(
+    lambda t: (f"RUN <<{t[0]}EOF" + ("'" if t[0] == "'" else "") + "\n"
+               + ("#!/bin/sh\n" if t[2] else "") + f"\t{t[1]}\nEOF"))
+_other = st.sampled_from([
+    "ENV A=1", "WORKDIR /w", "COPY . /src", "USER app", "USER root", "LABEL a=b", "EXPOSE 80",
+    'SHELL ["/bin/bash", "-c"]', "# a comment", "", "ARG X=1", 'CMD ["x"]', "ONBUILD RUN x",
+])
+_line = st.one_of(_run_shell, _run_exec, _run_cont, _run_flag, _run_heredoc, _other)
+_from = st.sampled_from([
+    "FROM --platform=linux/arm64 debian AS s{n}", "FROM debian AS s{n}", "FROM arm32v7/alpine",
+    "FROM --platform=$BUILDPLATFORM golang AS s{n}", "FROM s0", "FROM scratch",
+    "from --platform=linux/riscv64 debian as s{n}",
+])
+_stage = st.tuples(_from, st.lists(_line, max_size=6))
+
+
+@st.composite
+def dockerfiles(draw: st.DrawFn) -> str:
+    stages = draw(st.lists(_stage, min_size=1, max_size=3))
+    eol = draw(st.sampled_from(["\n", "\r\n"]))
+    parts: list[str] = []
+    for n, (frm, body) in enumerate(stages):
+        first = frm.format(n=n)
+        if n == 0 and first == "FROM s0":
+            first = "FROM debian"
+        parts.append(first)
+        parts.extend(body)
+    text = eol.join(ln.replace("\n", eol) for ln in parts)
+    return text + (eol if draw(st.booleans()) else "")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dockerfiles(), st.sampled_from(["copy", "mount"]), st.sampled_from([None, "linux/arm64"]))
+def test_generated_dockerfiles_keep_every_instruction(text: str, mode: str,
+                                                      platform: str | None) -> None:
+    try:
+        lex(text)
+    except LexError:
+        return
+    result = patch(text, opts(mode, platform))
+    assert_preserved(text, result.text, mode)
+    assert patch(result.text, opts(mode, platform)).text == result.text
+    if not any(s.foreign and s.runs for s in result.stages):
+        assert result.text == text
+
+
+@pytest.mark.parametrize("tail", ["RUN x \\", "RUN x \\\n\\", "RUN x \\\n# c", "USER app \\"])
+def test_file_ending_inside_a_continuation(tail: str) -> None:
+    text = FOREIGN + "RUN y\n" + tail
+    out = rewrite(text)
+    original = lex(text).instructions[-1]
+    patched = lex(out).instructions
+    kept = [i for i in patched if i.keyword == original.keyword
+            and i.logical.rstrip() == original.logical.rstrip()]
+    assert kept  # (a USER comes back a second time after the restore step)
+    restore = [i for i in patched if i.json == (f"{P}/bin/xshim-restore", "--remove-bundle")]
+    assert len(restore) == 1 and patched.index(restore[0]) > patched.index(kept[0])
