@@ -9,11 +9,14 @@ an interrupt leaves no half-made rootfs behind.
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..shim import arch as archmod
@@ -37,12 +40,35 @@ def _arch_for(platform: str) -> archmod.Arch:
 
 
 def debootstrap_argv(
-    dir: Path, debian_arch: str, suite: str, mirror: str, variant: str, keyring: Path | None
+    dir: Path,
+    debian_arch: str,
+    suite: str,
+    mirror: str,
+    variant: str,
+    keyring: Path | None,
+    cache: Path | None = None,
 ) -> list[str]:
     argv = ["debootstrap", "--foreign", f"--arch={debian_arch}", f"--variant={variant}"]
     if keyring is not None:
         argv.append(f"--keyring={keyring}")
+    if cache is not None:
+        argv.append(f"--cache-dir={cache}")
     return [*argv, suite, str(dir), mirror]
+
+
+@contextlib.contextmanager
+def _package_cache(suite: str, debian_arch: str) -> Iterator[Path]:
+    """debootstrap's .deb cache for one suite and architecture, held by one build at a time.
+
+    debootstrap checks every cached file against the signed index before using it, so reuse is
+    safe; the lock is there because it writes downloads in place, where a second run could read
+    a half-written file.
+    """
+    path = debian.cache_dir() / "debootstrap" / f"{suite}_{debian_arch}"
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield path
 
 
 def _check_target(target: Path) -> None:
@@ -128,7 +154,8 @@ def make_rootfs(
     try:
         os.chmod(tmp, 0o755)
         log.info("debootstrap --foreign %s %s for %s into %s", suite, variant, a.debian, target)
-        _run_streaming(debootstrap_argv(tmp, a.debian, suite, url, variant, keyring))
+        with _package_cache(suite, a.debian) as pkgs:
+            _run_streaming(debootstrap_argv(tmp, a.debian, suite, url, variant, keyring, pkgs))
         if second_stage:
             _second_stage(tmp, a)
         # rename(2) replaces an empty directory, which is all _check_target let through.
