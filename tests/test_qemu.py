@@ -8,7 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.foreign import archive_or_skip, assert_no_binfmt, cache_root, guest_programs
+from support.foreign import (
+    archive_or_skip,
+    assert_no_binfmt,
+    binfmt_problems,
+    cache_root,
+    guest_programs,
+)
 from xshim.builder import debian, qemu
 from xshim.shim import arch as archmod
 
@@ -198,3 +204,60 @@ def test_tampered_qemu_package_is_refused(tmp_path: Path) -> None:
     assert e.value.expected == info.sha256 and e.value.got != info.sha256
     assert not (cache / "qemu").exists()
     assert not list(cache.rglob("*.deb*"))  # neither the bad .deb nor a partial one kept
+
+
+# --- the binfmt_misc guard every integration test relies on --------------------------------------
+
+
+def _kernel_entry(debian_binfmt: Path) -> str:
+    """A handler as /proc/sys/fs/binfmt_misc/<name> shows it, from Debian's binfmts file."""
+    fields = dict(line.split(" ", 1) for line in debian_binfmt.read_text().splitlines() if line)
+    hexed = {k: fields[k].replace("\\x", "") for k in ("magic", "mask")}
+    return (f"enabled\ninterpreter {fields['interpreter']}\nflags: POCF\noffset "
+            f"{fields['offset']}\nmagic {hexed['magic']}\nmask {hexed['mask']}\n")
+
+
+def _fake_binfmt(tmp_path: Path, entries: dict[str, str]) -> Path:
+    d = tmp_path / "binfmt_misc"
+    d.mkdir()
+    (d / "register").write_text("")
+    (d / "status").write_text("enabled\n")
+    for name, text in entries.items():
+        (d / name).write_text(text)
+    return d
+
+
+def test_binfmt_guard_passes_on_this_host() -> None:
+    assert_no_binfmt(["linux/arm64", "linux/arm/v7", "linux/s390x", "linux/riscv64"])
+
+
+def test_binfmt_guard_ignores_an_unmounted_dir(tmp_path: Path) -> None:
+    assert binfmt_problems(["linux/arm64"], tmp_path) == []
+    assert binfmt_problems(["linux/arm64"], _fake_binfmt(tmp_path, {})) == []
+
+
+@pytest.mark.skipif(not Path("/usr/share/binfmts/qemu-aarch64").is_file(),
+                    reason="qemu-user-static's binfmts files are not installed")
+def test_binfmt_guard_names_qemu_handlers_and_their_arches(tmp_path: Path) -> None:
+    d = _fake_binfmt(tmp_path, {
+        "qemu-aarch64": _kernel_entry(Path("/usr/share/binfmts/qemu-aarch64")),
+        "arm-handler": _kernel_entry(Path("/usr/share/binfmts/qemu-arm")),
+    })
+    problems = binfmt_problems(["linux/arm64"], d)
+    assert len(problems) == 2
+    arm, aarch64 = problems
+    assert "'qemu-aarch64'" in aarch64 and "serves aarch64, qemu" in aarch64
+    assert "'arm-handler'" in arm and "serves qemu" in arm and "aarch64" not in arm
+    armhf = binfmt_problems(["linux/arm/v7"], d)
+    assert "serves armhf, qemu" in armhf[0]
+    with pytest.raises(AssertionError, match="qemu-aarch64"):
+        assert_no_binfmt(["linux/arm64"], d)
+
+
+def test_binfmt_guard_counts_any_handler(tmp_path: Path) -> None:
+    d = _fake_binfmt(tmp_path, {"jar": "enabled\ninterpreter /usr/bin/jexec\nflags: \n"
+                                       "offset 0\nmagic 504b0304\n"})
+    (problem,) = binfmt_problems(["linux/arm64"], d)
+    assert "'jar'" in problem and "serves" not in problem
+    with pytest.raises(AssertionError, match="would prove nothing"):
+        assert_no_binfmt(["linux/arm64"], d)
