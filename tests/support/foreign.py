@@ -129,13 +129,15 @@ def arm64_first_stage() -> Path:
 
     Shared by every test: never change it; ``copy_tree`` it first.
     """
+    name = f"arm64-{SUITE}-minbase-first-stage"
+    final = cache_root() / name
+    if final.exists():
+        return final
     if os.geteuid() != 0:
         pytest.skip("debootstrap needs root")
     archive_or_skip(SUITE)
     from xshim.builder.rootfs import make_rootfs
 
-    name = f"arm64-{SUITE}-minbase-first-stage"
-    final = cache_root() / name
     if not final.exists():
         with _locked(name):
             if not final.exists():
