@@ -202,12 +202,99 @@ def _parse_patch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="findings as text lines or hadolint-style JSON records")
 
 
+# --- xshim bundle --------------------------------------------------------------------------------
+
+BUNDLE_EPILOG = """\
+examples:
+  xshim bundle --platform linux/arm64
+  xshim bundle --platform linux/arm64,linux/arm/v7 -o build/.xshim
+  xshim bundle --platform linux/riscv64 --qemu /opt/qemu/qemu-riscv64-static
+  xshim bundle --platform linux/arm64 --prefix /opt/xshim -o /tmp/xshim
+
+Writes a self-contained, host-native bundle to DIR, meant to sit at PREFIX inside a foreign
+image: bin/sh (the frozen exec supervisor, the image's /bin/sh replacement), bin/xshim-exec,
+bin/xshim-install, bin/xshim-restore, the host loader and libraries it needs in lib/, the
+qemu-<arch>-static emulators in qemu/, and manifest.json with every file's sha256. Emulators
+come from --qemu, else the host's qemu-user-static, else Debian's package (verified). The
+frozen supervisor is cached ($XSHIM_CACHE or ~/.cache/xshim); the first build takes a minute.
+An older bundle in DIR is replaced atomically; anything else there is left alone.
+"""
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from .bundle import build_bundle, parse_platforms
+
+    build_bundle(
+        args.output,
+        parse_platforms(args.platform),
+        prefix=args.prefix,
+        qemu=args.qemu,
+        rebuild=args.rebuild,
+    )
+    return 0
+
+
+def _parse_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _add(sub, "bundle", "build the self-contained shim bundle for foreign platforms",
+             BUNDLE_EPILOG, _cmd_bundle)
+    p.add_argument("--platform", action="append", required=True, metavar="P[,P...]",
+                   help="target platforms, e.g. linux/arm64,linux/arm/v7 (repeatable)")
+    p.add_argument("-o", "--output", default=".xshim", metavar="DIR",
+                   help="where to write the bundle (default: .xshim)")
+    p.add_argument("--prefix", default="/.xshim",
+                   help="where the bundle will sit inside the image (default: /.xshim)")
+    p.add_argument("--qemu", action="append", default=[], metavar="PATH",
+                   help="an emulator to bundle, named qemu-<target>[-static] (repeatable)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="freeze the supervisor again even when it is cached")
+
+
+# --- xshim verify --------------------------------------------------------------------------------
+
+VERIFY_EPILOG = """\
+examples:
+  xshim verify .xshim
+  xshim verify --json .xshim
+  xshim verify --root /var/tmp/arm64 /var/tmp/arm64/.xshim
+
+Checks every file against manifest.json (sha256, size, symlink targets), that no file is
+missing or extra, that every ELF is built for the host, and that every PT_INTERP and DT_NEEDED
+resolves inside the bundle at its prefix. With --root TREE it also checks that the bundle sits
+at its prefix inside TREE (a bundle anywhere else cannot start: the kernel reports its loader
+as missing). Exits 0 when all is well, 1 naming each problem.
+"""
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from .verify import verify_bundle
+
+    report = verify_bundle(args.dir, root=args.root)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        sys.stdout.write(report.to_text())
+    return 0 if report.ok else 1
+
+
+def _parse_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _add(sub, "verify", "check a shim bundle's integrity and self-containment",
+             VERIFY_EPILOG, _cmd_verify)
+    p.add_argument("dir", metavar="DIR", help="the bundle directory")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--root", metavar="TREE",
+                   help="also check that DIR sits at its prefix inside this root filesystem")
+
+
 # --- registry ------------------------------------------------------------------------------------
 
 PARSERS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _parse_run,
     _parse_rootfs,
     _parse_patch,
+    _parse_bundle,
+    _parse_verify,
 ]
 
 

@@ -1,0 +1,335 @@
+"""``xshim bundle``: the self-contained, host-native shim bundle (see notes/bundle-contract.md).
+
+Layout of the output directory, which is meant to sit at PREFIX inside an image:
+
+  bin/sh                     the frozen shim (PyInstaller bootloader); PT_INTERP is
+                             PREFIX/lib/<ld.so>, DT_RPATH PREFIX/lib:PREFIX/bin/_internal
+  bin/xshim-{exec,install,restore} -> sh
+  bin/_internal/...          PyInstaller's payload: libpython, stdlib, extension modules
+  lib/<ld.so>, lib/*.so*     the host loader and every host library the above need
+  qemu/qemu-<target>-static  the emulators
+  manifest.json              version, host arch, prefix, platforms; path, role, size, sha256
+
+The closure of host libraries comes from DT_NEEDED, read from the files themselves (no ldd:
+ldd runs the loader, and would answer for this host's environment, not the image's). Every
+bundled ELF gets PT_INTERP pointing at the bundled loader, and the programs get a DT_RPATH of
+PREFIX/lib and PREFIX/bin/_internal, which the loader also applies to every library they load
+(see _patch_all for why not DT_RUNPATH), so nothing is looked up in the image and no
+LD_LIBRARY_PATH is needed.
+
+The bundle is assembled in a temporary directory beside the output and renamed into place, so
+a reader sees the old bundle or the new one, never a half-built one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..shim import arch as archmod
+from ..shim.arch import Arch, UnknownPlatformError
+from ..shim.version import __version__
+from . import elf, freeze
+from .errors import InputError, XshimError
+
+log = logging.getLogger("xshim")
+
+DEFAULT_PREFIX = "/.xshim"
+DEFAULT_OUTPUT = ".xshim"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+ENTRY_LINKS = ("xshim-exec", "xshim-install", "xshim-restore")
+# Runtime state the shim writes inside the image (xshim-install keeps the original /bin/sh
+# there); not part of what was built, so not in the manifest.
+RUNTIME_DIRS = ("guest",)
+
+
+class BundleError(XshimError):
+    """The bundle could not be assembled."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative, POSIX
+    role: str  # shim, link, payload, loader, library, emulator, manifest
+    size: int = 0
+    sha256: str = ""
+    target: str = ""  # for links
+
+    def to_json(self) -> dict[str, Any]:
+        if self.role == "link":
+            return {"path": self.path, "role": self.role, "target": self.target}
+        if self.role == "manifest":
+            return {"path": self.path, "role": self.role}
+        return {"path": self.path, "role": self.role, "size": self.size, "sha256": self.sha256}
+
+
+def check_prefix(prefix: str) -> str:
+    """A normalised absolute prefix; InputError for anything the loader could not use."""
+    p = PurePosixPath(prefix)
+    if not p.is_absolute() or ".." in p.parts or str(p) == "/":
+        raise InputError(f"--prefix {prefix!r}: must be an absolute path below /",
+                         "use e.g. --prefix /.xshim")
+    if any(c in prefix for c in ":\n\0"):
+        # ':' separates DT_RUNPATH entries; the others can't be in a path the loader reads.
+        raise InputError(f"--prefix {prefix!r}: may not contain ':' or control characters",
+                         "use e.g. --prefix /.xshim")
+    return str(p)
+
+
+def parse_platforms(values: Iterable[str]) -> list[Arch]:
+    """``linux/arm64,linux/arm/v7`` (comma-separated, repeatable) -> table rows, in order."""
+    out: list[Arch] = []
+    for value in values:
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            try:
+                a = archmod.from_platform(item)
+            except UnknownPlatformError as e:
+                raise InputError(str(e), "use e.g. --platform linux/arm64,linux/arm/v7") from None
+            if a not in out:
+                out.append(a)
+    if not out:
+        raise InputError("no platform given", "use e.g. --platform linux/arm64")
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_output(out: Path) -> None:
+    """Refuse to replace anything that is not a bundle: the rename would destroy it."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise InputError(f"{out}: exists and is not a directory", "choose another -o DIR")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise InputError(f"{out}: exists, is not empty and holds no {MANIFEST}, so it is not an "
+                         "xshim bundle; refusing to replace it", "choose another -o DIR")
+
+
+def build_bundle(
+    out: str | os.PathLike[str],
+    platforms: Sequence[str | Arch],
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    qemu: Sequence[str | os.PathLike[str]] = (),
+    cache: Path | None = None,
+    rebuild: bool = False,
+) -> dict[str, Any]:
+    """Build the bundle into ``out`` (replacing an older bundle there); return the manifest."""
+    from . import qemu as qemumod
+
+    prefix = check_prefix(prefix)
+    arches = [a if isinstance(a, Arch) else parse_platforms([a])[0] for a in platforms]
+    if not arches:
+        raise InputError("no platform given", "use e.g. --platform linux/arm64")
+    target = Path(out).absolute()
+    _check_output(target)
+    host = archmod.host_arch()
+    emulators = qemumod.find_emulators(arches, qemu)
+    frozen = freeze.frozen_shim(cache, rebuild=rebuild)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        manifest = _assemble(tmp, frozen, emulators, arches, prefix, host)
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    total = sum(int(f.get("size", 0)) for f in manifest["files"])
+    log.info("bundle for %s at %s (prefix %s): %d files, %.1f MB",
+             ", ".join(a.platform for a in arches), target, prefix, len(manifest["files"]),
+             total / 1e6)
+    return manifest
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target``; an older bundle there is swapped out, then deleted."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rename(target, old / "b")
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old / "b", target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _assemble(root: Path, frozen: Path, emulators: dict[str, Path], arches: Sequence[Arch],
+              prefix: str, host: Arch) -> dict[str, Any]:
+    bindir, libdir, qdir = root / "bin", root / "lib", root / "qemu"
+    bindir.mkdir()
+    shutil.copy2(frozen / freeze.NAME, bindir / freeze.NAME)
+    shutil.copytree(frozen / freeze.CONTENTS, bindir / freeze.CONTENTS, symlinks=True)
+    libdir.mkdir()
+    qdir.mkdir()
+    for name in ENTRY_LINKS:
+        os.symlink(freeze.NAME, bindir / name)
+
+    shim = bindir / freeze.NAME
+    shim_info = elf.read_elf_file(shim)
+    if shim_info.interp is None:
+        raise BundleError(f"{shim}: the PyInstaller bootloader has no PT_INTERP",
+                          "use a dynamically linked PyInstaller bootloader")
+    host_loader = Path(os.path.realpath(shim_info.interp))
+    loader_name = PurePosixPath(shim_info.interp).name
+    shutil.copy2(host_loader, libdir / loader_name)
+    loader_soname = elf.read_elf_file(libdir / loader_name).soname or loader_name
+
+    for a in arches:
+        em = emulators.get(a.name)
+        if em is None:  # the host runs this architecture itself
+            continue
+        dest = qdir / a.qemu_static
+        if not dest.exists():
+            shutil.copy2(em, dest)
+            os.chmod(dest, 0o755)
+
+    search = [libdir, bindir / freeze.CONTENTS]
+    _collect_libraries(root, search, libdir, loader_soname, host)
+    _patch_all(root, prefix, loader_name, search)
+    return _write_manifest(root, prefix, host, arches, loader_name)
+
+
+def _elf_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if elf.is_elf_file(p))
+
+
+def _collect_libraries(root: Path, search: Sequence[Path], libdir: Path, loader_soname: str,
+                       host: Arch) -> None:
+    """Copy into ``libdir`` every host library some bundled ELF needs and the bundle lacks."""
+    host_dirs = elf.host_library_dirs()
+    # Where each library copied from the host came from, for its own $ORIGIN-relative paths.
+    origin: dict[Path, Path] = {}
+    todo = _elf_files(root)
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        info = elf.read_elf_file(path)
+        if info.arch != host and not (info.arch and archmod.natively_runs(host, info.arch)):
+            raise BundleError(f"{path.relative_to(root)}: built for "
+                              f"{info.arch.platform if info.arch else 'an unknown machine'}, "
+                              f"not for this host ({host.platform})")
+        for name in info.needed:
+            if name == loader_soname:
+                continue
+            inside = elf.find_library(name, [str(d) for d in search], info.ident)
+            if inside is not None:
+                todo.append(inside)
+                continue
+            src_dir = origin.get(path, path).parent
+            own = elf.expand_origin(info.search_path, str(src_dir))
+            found = elf.find_library(name, [*own, *host_dirs], info.ident)
+            if found is None:
+                raise BundleError(
+                    f"{path.relative_to(root)} needs {name}, which is not on this host "
+                    f"(searched {', '.join([*own, *host_dirs])})",
+                    f"install the package that provides {name}",
+                )
+            dest = libdir / name
+            shutil.copyfile(found, dest)
+            os.chmod(dest, 0o755)
+            origin[dest] = Path(os.path.realpath(found))
+            log.debug("library %s <- %s (needed by %s)", name, found, path.relative_to(root))
+            todo.append(dest)
+
+
+def _patch_all(root: Path, prefix: str, loader_name: str, search: Sequence[Path]) -> None:
+    """PT_INTERP into the bundle everywhere; DT_RPATH on programs; no host paths on libraries.
+
+    Why DT_RPATH on the program and nothing on the libraries, not DT_RUNPATH on every file:
+    DT_RUNPATH serves only the object's own DT_NEEDED, so every library with dependencies would
+    need one, and adding a string to a large library's dynamic string table makes LIEF shift
+    all its segments (libpython does not survive that). A program's DT_RPATH is searched for
+    every library it loads that has no DT_RUNPATH, dlopen()ed extension modules included, so
+    one patch per program covers the whole tree, and the libraries are left byte-identical
+    unless they carry a host search path of their own, which is removed.
+    """
+    loader_path = f"{prefix}/lib/{loader_name}"
+    rpath = ":".join(f"{prefix}/{d.relative_to(root).as_posix()}" for d in search)
+    for path in _elf_files(root):
+        if path == root / "lib" / loader_name:
+            continue
+        info = elf.read_elf_file(path)
+        interp = loader_path if info.interp not in (None, loader_path) else None
+        if info.is_program:
+            rp = rpath if (info.rpath, info.runpath) != (tuple(rpath.split(":")), None) else None
+            drop = False
+        else:
+            rp = None
+            drop = info.rpath is not None or info.runpath is not None
+        if interp is None and rp is None and not drop:
+            continue
+        log.debug("patching %s:%s%s%s", path.relative_to(root),
+                  f" PT_INTERP={interp}" if interp else "", f" DT_RPATH={rp}" if rp else "",
+                  " (host search path removed)" if drop else "")
+        elf.patch_elf_file(path, interp=interp, rpath=rp, drop_search_path=drop)
+
+
+def _role(rel: str, loader_name: str) -> str:
+    if rel == f"bin/{freeze.NAME}":
+        return "shim"
+    if rel.startswith("bin/"):
+        return "payload"
+    if rel == f"lib/{loader_name}":
+        return "loader"
+    if rel.startswith("lib/"):
+        return "library"
+    if rel.startswith("qemu/"):
+        return "emulator"
+    raise BundleError(f"unexpected file in the bundle: {rel}")
+
+
+def _write_manifest(root: Path, prefix: str, host: Arch, arches: Sequence[Arch],
+                    loader_name: str) -> dict[str, Any]:
+    entries: list[FileEntry] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(
+                os.path.join(dirpath, d))]):
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                entries.append(FileEntry(rel, "link", target=os.readlink(full)))
+            else:
+                entries.append(FileEntry(rel, _role(rel, loader_name), st.st_size,
+                                         sha256_file(full)))
+    entries.append(FileEntry(MANIFEST, "manifest"))
+    emulators = {a.name: f"qemu/{a.qemu_static}" for a in arches
+                 if (root / "qemu" / a.qemu_static).exists()}
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "xshim_version": __version__,
+        "host_arch": host.name,
+        "prefix": prefix,
+        "platforms": [a.platform for a in arches],
+        "emulators": emulators,
+        "loader": f"lib/{loader_name}",
+        "files": [e.to_json() for e in sorted(entries, key=lambda e: e.path)],
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest

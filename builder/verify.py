@@ -1,0 +1,268 @@
+"""``xshim verify``: prove a bundle is intact and self-contained.
+
+Checks, each problem naming the file:
+  - manifest.json is readable and complete;
+  - every file in the manifest exists with its size and sha256 (links with their target);
+  - no file outside the manifest (the runtime ``guest/`` directory excepted);
+  - every ELF is built for the bundle's host architecture;
+  - every PT_INTERP points at a loader inside the bundle, at the bundle's prefix;
+  - every DT_NEEDED resolves inside the bundle, the way glibc's loader will look for it: through
+    the object's DT_RUNPATH, else its DT_RPATH and the DT_RPATH of the program that loads it
+    (the shim, bin/sh); the loader's own soname is always resolved. A search directory outside
+    the prefix is a problem in itself: the loader would look into the image there.
+
+With ``root`` (``--root TREE``), it also checks the bundle's placement: the kernel and the
+loader read PT_INTERP and DT_RPATH as absolute paths, so a bundle built for ``/.xshim`` that sits
+at ``TREE/opt/x`` cannot start; the kernel answers ENOENT for the missing loader, which shells
+print as "not found". This check says so beforehand, in words.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..shim import arch as archmod
+from . import elf
+from .bundle import MANIFEST, RUNTIME_DIRS, sha256_file
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # relative to the bundle ("" for the bundle as a whole)
+    check: str  # manifest, missing, changed, extra, arch, interp, needed, placement
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '.'}: {self.message}"
+
+
+@dataclass
+class Report:
+    bundle: str
+    prefix: str = ""
+    host_arch: str = ""
+    platforms: list[str] = field(default_factory=list)
+    files: int = 0
+    elf_files: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, path: str, check: str, message: str) -> None:
+        self.problems.append(Problem(path, check, message))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+    def to_text(self) -> str:
+        lines = [
+            f"bundle    {self.bundle}",
+            f"prefix    {self.prefix or '?'}",
+            f"host      {self.host_arch or '?'}",
+            f"platforms {', '.join(self.platforms) or '?'}",
+            f"checked   {self.files} files ({self.elf_files} ELF)",
+        ]
+        if self.ok:
+            lines.append("OK: every hash matches, no extra file, every ELF is host-native and "
+                         "resolves inside the bundle")
+        else:
+            lines.append(f"FAILED: {len(self.problems)} problem(s)")
+            lines.extend(f"  {p}" for p in self.problems)
+        return "\n".join(lines) + "\n"
+
+
+def verify_bundle(bundle: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+                  ) -> Report:
+    """Check a bundle directory; with ``root``, also that it sits at its prefix inside root."""
+    base = Path(bundle)
+    report = Report(str(base))
+    manifest = _load_manifest(base, report)
+    if manifest is None:
+        return report
+    prefix = report.prefix
+    listed = _check_files(base, manifest, report)
+    _check_extra(base, listed, report)
+    _check_elves(base, manifest, prefix, report)
+    if root is not None:
+        _check_placement(base, Path(root), prefix, manifest, report)
+    return report
+
+
+def _load_manifest(base: Path, report: Report) -> dict[str, Any] | None:
+    if not base.is_dir():
+        report.add("", "manifest", "not a directory")
+        return None
+    try:
+        data = json.loads((base / MANIFEST).read_text())
+    except FileNotFoundError:
+        report.add(MANIFEST, "manifest", "missing: this is not an xshim bundle")
+        return None
+    except (OSError, ValueError) as e:
+        report.add(MANIFEST, "manifest", f"unreadable: {e}")
+        return None
+    if not isinstance(data, dict):
+        report.add(MANIFEST, "manifest", "not a JSON object")
+        return None
+    for key, kind in (("prefix", str), ("host_arch", str), ("platforms", list), ("files", list)):
+        if not isinstance(data.get(key), kind):
+            report.add(MANIFEST, "manifest", f"has no valid {key!r}")
+    if report.problems:
+        return None
+    report.prefix = data["prefix"]
+    report.host_arch = data["host_arch"]
+    report.platforms = [str(p) for p in data["platforms"]]
+    try:
+        archmod.by_name(report.host_arch)
+    except archmod.UnknownPlatformError:
+        report.add(MANIFEST, "manifest", f"unknown host_arch {report.host_arch!r}")
+        return None
+    return data
+
+
+def _safe_rel(path: object) -> str | None:
+    if not isinstance(path, str) or not path:
+        return None
+    p = PurePosixPath(path)
+    if p.is_absolute() or ".." in p.parts:
+        return None
+    return p.as_posix()
+
+
+def _check_files(base: Path, manifest: dict[str, Any], report: Report) -> set[str]:
+    listed: set[str] = set()
+    for entry in manifest["files"]:
+        rel = _safe_rel(entry.get("path") if isinstance(entry, dict) else None)
+        if rel is None or not isinstance(entry, dict):
+            report.add(MANIFEST, "manifest", f"bad file entry {entry!r}")
+            continue
+        listed.add(rel)
+        role = entry.get("role")
+        full = base / rel
+        if role == "manifest":
+            continue
+        report.files += 1
+        try:
+            st = full.lstat()
+        except FileNotFoundError:
+            report.add(rel, "missing", f"listed in the manifest ({role}) but missing")
+            continue
+        if role == "link":
+            if not stat.S_ISLNK(st.st_mode):
+                report.add(rel, "changed", "should be a symlink")
+            elif os.readlink(full) != entry.get("target"):
+                report.add(rel, "changed", f"symlink points at {os.readlink(full)!r}, "
+                           f"not {entry.get('target')!r}")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            report.add(rel, "changed", "should be a regular file")
+            continue
+        if st.st_size != entry.get("size"):
+            report.add(rel, "changed", f"size {st.st_size}, manifest says {entry.get('size')}")
+        elif sha256_file(full) != entry.get("sha256"):
+            report.add(rel, "changed", "sha256 differs from the manifest")
+    return listed
+
+
+def _check_extra(base: Path, listed: set[str], report: Report) -> None:
+    for dirpath, dirnames, filenames in os.walk(base):
+        here = Path(dirpath)
+        if here == base:
+            dirnames[:] = [d for d in dirnames if d not in RUNTIME_DIRS]
+        names = filenames + [d for d in dirnames if (here / d).is_symlink()]
+        for name in sorted(names):
+            rel = (here / name).relative_to(base).as_posix()
+            if rel not in listed:
+                report.add(rel, "extra", "not in the manifest")
+
+
+def _in_bundle(path: str, prefix: str, base: Path) -> Path | None:
+    """The bundle file an absolute path (as the loader sees it) names; None if outside."""
+    p = PurePosixPath(os.path.normpath(path))
+    try:
+        rel = p.relative_to(prefix)
+    except ValueError:
+        return None
+    return base / rel
+
+
+def _check_elves(base: Path, manifest: dict[str, Any], prefix: str, report: Report) -> None:
+    host = archmod.by_name(report.host_arch)
+    infos: dict[str, elf.ElfInfo] = {}
+    for entry in manifest["files"]:
+        rel = _safe_rel(entry.get("path")) if isinstance(entry, dict) else None
+        if rel is None or entry.get("role") in ("link", "manifest"):
+            continue
+        full = base / rel
+        if not elf.is_elf_file(full):
+            continue
+        try:
+            infos[rel] = elf.read_elf_file(full)
+        except elf.ElfFormatError as e:
+            report.add(rel, "arch", e.message)
+    report.elf_files = len(infos)
+    # The loader's soname is resolved before anything is searched.
+    loader_sonames = {i.soname for i in infos.values() if i.soname and i.interp is None
+                      and not i.needed and i.soname.startswith("ld-")}
+    shim = infos.get("bin/sh")
+    shim_rpath = shim.rpath if shim is not None and shim.runpath is None else None
+    for rel, info in sorted(infos.items()):
+        if info.arch is None or not (info.arch == host or archmod.natively_runs(host, info.arch)):
+            what = info.arch.platform if info.arch else f"ELF machine {info.ident.machine}"
+            report.add(rel, "arch", f"built for {what}, not for the host ({host.platform})")
+            continue
+        if info.interp is not None:
+            target = _in_bundle(info.interp, prefix, base)
+            if target is None:
+                report.add(rel, "interp", f"PT_INTERP {info.interp} is outside the bundle's "
+                           f"prefix {prefix}: it would be looked up in the image")
+            elif not target.is_file() or target.relative_to(base).as_posix() not in infos:
+                report.add(rel, "interp", f"PT_INTERP {info.interp} is not in the bundle")
+        origin = str(PurePosixPath(prefix) / PurePosixPath(rel).parent)
+        own = info.search_path
+        search = list(own)
+        if info.runpath is None and not info.is_program and shim_rpath:
+            search += shim_rpath  # a program's DT_RPATH serves the libraries it loads
+        search = elf.expand_origin(search, origin)
+        outside = [d for d in search if _in_bundle(d, prefix, base) is None]
+        if outside:
+            report.add(rel, "needed", f"searches for libraries outside the bundle: "
+                       f"{':'.join(outside)}")
+        dirs = [str(p) for d in search if (p := _in_bundle(d, prefix, base)) is not None]
+        for name in info.needed:
+            if name in loader_sonames:
+                continue
+            found = elf.find_library(name, dirs, info.ident)
+            if found is None:
+                where = ":".join(search) or "no search path"
+                report.add(rel, "needed", f"DT_NEEDED {name} does not resolve inside the "
+                           f"bundle (searched {where})")
+
+
+def _check_placement(base: Path, root: Path, prefix: str, manifest: dict[str, Any],
+                     report: Report) -> None:
+    expected = root / prefix.lstrip("/")
+    try:
+        if expected.exists() and os.path.samefile(expected, base):
+            return
+    except OSError:
+        pass
+    try:
+        at = "/" + base.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        at = ""
+    where = f"is at {at} inside {root}" if at else f"is not inside {root}"
+    fix = f"move it to {expected}" + (f" or rebuild it with --prefix {at}" if at else "")
+    loader = manifest.get("loader", "lib/<loader>")
+    report.add("", "placement",
+               f"the bundle {where}, but was built for prefix {prefix}: its programs name "
+               f"{prefix}/{loader} as their loader, so they cannot start there (the kernel "
+               f"answers ENOENT and shells say 'not found'); {fix}")
