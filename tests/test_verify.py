@@ -1,0 +1,148 @@
+"""`xshim verify` on a real bundle, intact and damaged in each way it must catch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import foreign
+from xshim.builder import bundle, elf
+from xshim.builder.verify import verify_bundle
+
+XSHIM = shutil.which("xshim") or "xshim"
+
+
+def verify(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([XSHIM, "verify", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    out = tmp_path_factory.mktemp("pristine") / ".xshim"
+    r = subprocess.run([XSHIM, "bundle", "--platform", "linux/arm64", "-o", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    yield out
+    shutil.rmtree(out.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def copy(pristine: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / ".xshim"
+    shutil.copytree(pristine, dst, symlinks=True)
+    return dst
+
+
+def manifest(b: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads((b / "manifest.json").read_text())
+    return data
+
+
+def rewrite_manifest(b: Path, data: dict[str, object]) -> None:
+    (b / "manifest.json").write_text(json.dumps(data))
+
+
+def test_fresh_bundle_passes(pristine: Path) -> None:
+    r = verify(str(pristine))
+    assert r.returncode == 0, r.stdout
+    assert "OK" in r.stdout
+    j = verify("--json", str(pristine))
+    report = json.loads(j.stdout)
+    assert j.returncode == 0 and report["ok"] is True and report["problems"] == []
+    assert report["prefix"] == "/.xshim" and report["platforms"] == ["linux/arm64"]
+    assert report["elf_files"] > 5
+
+
+def test_changed_byte_is_named(copy: Path) -> None:
+    victim = copy / "lib" / "libm.so.6"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    r = verify(str(copy))
+    assert r.returncode == 1
+    assert "lib/libm.so.6: sha256 differs from the manifest" in r.stdout
+
+
+def test_extra_file_is_named(copy: Path) -> None:
+    (copy / "bin" / "_internal" / "intruder.so").write_bytes(b"hello")
+    r = verify("--json", str(copy))
+    assert r.returncode == 1
+    problems = json.loads(r.stdout)["problems"]
+    assert problems == [{"path": "bin/_internal/intruder.so", "check": "extra",
+                         "message": "not in the manifest"}]
+
+
+def test_missing_file_is_named(copy: Path) -> None:
+    (copy / "qemu" / "qemu-aarch64-static").unlink()
+    r = verify(str(copy))
+    assert r.returncode == 1 and "qemu/qemu-aarch64-static: listed in the manifest" in r.stdout
+
+
+def test_unresolved_dt_needed_names_the_elf(copy: Path) -> None:
+    """A library gone from disk and manifest alike: only the dependency check can see it."""
+    needers = [p.relative_to(copy).as_posix() for p in copy.rglob("*")
+               if elf.is_elf_file(p) and "libm.so.6" in elf.read_elf_file(p).needed]
+    assert needers
+    (copy / "lib" / "libm.so.6").unlink()
+    m = manifest(copy)
+    m["files"] = [f for f in m["files"] if f["path"] != "lib/libm.so.6"]  # type: ignore[attr-defined]
+    rewrite_manifest(copy, m)
+    report = verify_bundle(copy)
+    assert not report.ok
+    assert {p.path for p in report.problems} == set(needers)
+    assert all(p.check == "needed" and "DT_NEEDED libm.so.6" in p.message
+               for p in report.problems)
+    r = verify(str(copy))
+    assert r.returncode == 1 and f"{needers[0]}: DT_NEEDED libm.so.6" in r.stdout
+
+
+def test_foreign_elf_is_named(copy: Path) -> None:
+    target = copy / "lib" / "libextra.so.1"
+    shutil.copy2(foreign.busybox_static("armhf"), target)
+    m = manifest(copy)
+    m["files"].append({"path": "lib/libextra.so.1", "role": "library",  # type: ignore[attr-defined]
+                       "size": target.stat().st_size, "sha256": bundle.sha256_file(target)})
+    rewrite_manifest(copy, m)
+    report = verify_bundle(copy)
+    assert [(p.path, p.check) for p in report.problems] == [("lib/libextra.so.1", "arch")]
+    assert "linux/arm/v7" in report.problems[0].message
+
+
+def test_interp_outside_the_prefix_is_named(copy: Path) -> None:
+    shim = copy / "bin" / "sh"
+    elf.patch_elf_file(shim, interp="/lib64/ld-linux-x86-64.so.2")
+    m = manifest(copy)
+    for f in m["files"]:  # type: ignore[attr-defined]
+        if f["path"] == "bin/sh":
+            f["size"], f["sha256"] = shim.stat().st_size, bundle.sha256_file(shim)
+    rewrite_manifest(copy, m)
+    report = verify_bundle(copy)
+    assert [(p.path, p.check) for p in report.problems] == [("bin/sh", "interp")]
+    assert "looked up in the image" in report.problems[0].message
+
+
+def test_broken_manifest_is_named(copy: Path) -> None:
+    (copy / "manifest.json").write_text("{not json")
+    r = verify(str(copy))
+    assert r.returncode == 1 and "manifest.json: unreadable" in r.stdout
+
+
+def test_runtime_guest_dir_is_allowed(copy: Path) -> None:
+    (copy / "guest").mkdir()
+    (copy / "guest" / "sh.symlink").write_text("dash")
+    assert verify_bundle(copy).ok
+
+
+def test_placement(copy: Path, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "opt").mkdir(parents=True)
+    shutil.copytree(copy, tree / ".xshim", symlinks=True)
+    assert verify_bundle(tree / ".xshim", root=tree).ok
+    shutil.move(tree / ".xshim", tree / "opt" / "x")
+    report = verify_bundle(tree / "opt" / "x", root=tree)
+    assert [p.check for p in report.problems] == ["placement"]
+    assert "rebuild it with --prefix /opt/x" in report.problems[0].message
