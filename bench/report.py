@@ -1,0 +1,180 @@
+"""The table and the JSON document, from the rows the run collected."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import measure
+from contenders import Tools
+
+if TYPE_CHECKING:
+    from run import Row
+
+TARGET = 1.05  # xshim's goal: within 5 % of the kernel's own dispatch (issue 2)
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0] if lines else "?"
+
+
+def environment(tree: Path, tools: Tools, args: argparse.Namespace) -> dict[str, Any]:
+    from xshim.shim.version import __version__
+
+    osrel = tree / "etc" / "os-release"
+    distro = "?"
+    if osrel.is_file():
+        for line in osrel.read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                distro = line.split("=", 1)[1].strip('"')
+    return {
+        "kernel": os.uname().release,
+        "cpus": measure.cpu_count(),
+        "qemu": _first_line([str(tools.qemu), "--version"]),
+        "proot": _first_line(["dpkg-query", "-W", "-f", "${Version}", "proot"]),
+        "xshim": __version__,
+        "tree": str(tree),
+        "guest": f"{distro} arm64 minbase",
+        "execs": args.execs,
+        "reps": args.reps,
+        "stage_reps": args.stage_reps,
+        "stat": args.stat,
+        "quick": args.quick,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _metrics(row: Row, stat: str) -> dict[str, float | None]:
+    loop, stage = row.loop, row.stage
+    ok = loop is not None and bool(loop.full)
+    return {
+        "loop_s": loop.total(stat) if ok and loop else None,
+        "start_s": loop.start(stat) if ok and loop else None,
+        "per_exec_s": loop.per_exec(stat) if ok and loop else None,
+        "stage_s": stage.wall(stat) if stage else None,
+    }
+
+
+def ratios(rows: list[Row], stat: str) -> dict[str, dict[str, float | None]]:
+    """xshim's numbers divided by binfmt's and proot's, metric by metric."""
+    m = {r.contender.name: _metrics(r, stat) for r in rows}
+    x = m.get("xshim")
+    out: dict[str, dict[str, float | None]] = {}
+    for base in ("binfmt", "proot"):
+        if x is None or base not in m:
+            continue
+        out[f"xshim/{base}"] = {k: _ratio(x[k], m[base][k]) for k in x}
+    return out
+
+
+def meets_target(rows: list[Row], stat: str, quick: bool) -> bool:
+    """xshim ran and is within TARGET of binfmt on the exec loop (and the second stage)."""
+    r = ratios(rows, stat).get("xshim/binfmt")
+    if r is None:
+        return False
+    values = [r["loop_s"]] if quick else [r["loop_s"], r["stage_s"]]
+    return all(v is not None and v <= TARGET for v in values)
+
+
+def as_json(rows: list[Row], meta: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    contenders: dict[str, Any] = {}
+    for row in rows:
+        entry: dict[str, Any] = {"label": row.contender.label, "nested_exec": row.contender.nested}
+        if row.unavailable:
+            entry["available"] = False
+            entry["reason"] = row.unavailable
+        else:
+            entry["available"] = True
+            entry.update({k: v for k, v in _metrics(row, args.stat).items() if v is not None})
+            if row.loop and row.loop.full:
+                entry["loop_samples_s"] = [round(s, 4) for s in row.loop.full]
+                entry["start_samples_s"] = [round(s, 4) for s in row.loop.zero]
+            if row.loop_error:
+                entry["loop_error"] = row.loop_error
+            if row.stage:
+                entry["stage_samples_s"] = [round(s, 2) for s in row.stage.seconds]
+                entry["packages_installed"] = row.stage.packages
+            if row.stage_error:
+                entry["stage_error"] = row.stage_error
+        contenders[row.contender.name] = entry
+    return {
+        "environment": meta,
+        "contenders": contenders,
+        "ratios": ratios(rows, args.stat),
+        "target": TARGET,
+        "xshim_meets_target": meets_target(rows, args.stat, args.quick),
+    }
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return format(value, fmt) if value is not None else "—"
+
+
+def table(rows: list[Row], meta: dict[str, Any], args: argparse.Namespace) -> str:
+    stat = args.stat
+    n = args.execs
+    lines = [
+        f"xshim benchmark: {meta['guest']}, {meta['qemu']}, kernel {meta['kernel']}, "
+        f"{meta['cpus']} CPUs",
+        f"exec loop: `uname -m` + {n} × /bin/true from one /bin/sh, {stat} of {args.reps} runs; "
+        f"start-up = the same with 0 execs; per exec = (loop − start-up) / {n}",
+    ]
+    if not args.quick:
+        lines.append(f"second stage: debootstrap --second-stage on a fresh copy, {stat} of "
+                     f"{args.stage_reps} run(s)")
+    lines.append("")
+    head = (f"{'contender':<22} {'exec loop':>10} {'start-up':>9} {'per exec':>9} "
+            f"{'2nd stage':>10} {'pkgs':>5}")
+    lines += [head, "-" * len(head)]
+    for row in rows:
+        label = row.contender.label
+        if row.unavailable:
+            lines.append(f"{label:<22} not available: {row.unavailable}")
+            continue
+        m = _metrics(row, stat)
+        if args.quick:
+            stage = "—"
+        elif not row.contender.nested:
+            stage = "n/a"
+        elif row.stage_error:
+            stage = "FAILED"
+        else:
+            stage = _cell(m["stage_s"], ".1f") + " s"
+        pkgs = str(row.stage.packages) if row.stage else ""
+        per = m["per_exec_s"]
+        lines.append(
+            f"{label:<22} {_cell(m['loop_s'], '.3f') + ' s':>10} "
+            f"{_cell(m['start_s'], '.3f') + ' s':>9} "
+            f"{_cell(per * 1000 if per is not None else None, '.1f') + ' ms':>9} "
+            f"{stage:>10} {pkgs:>5}"
+        )
+        if row.loop_error:
+            lines.append(f"{'':<22} exec loop FAILED: {row.loop_error}")
+        if row.stage_error:
+            lines.append(f"{'':<22} second stage FAILED: {row.stage_error}")
+    lines.append("")
+    rs = ratios(rows, stat)
+    if not rs:
+        lines.append("ratios: xshim (or both binfmt and proot) not measured")
+    for name, r in rs.items():
+        parts = [f"exec loop {_cell(r['loop_s'], '.2f')}×",
+                 f"per exec {_cell(r['per_exec_s'], '.2f')}×"]
+        if not args.quick:
+            parts.append(f"second stage {_cell(r['stage_s'], '.2f')}×")
+        lines.append(f"{name + ':':<14} " + ", ".join(parts))
+    if "xshim/binfmt" in rs:
+        verdict = "met" if meets_target(rows, stat, args.quick) else "MISSED"
+        lines.append(f"target xshim ≤ {TARGET:.2f}× binfmt (exec loop"
+                     f"{'' if args.quick else ' and second stage'}): {verdict}")
+    return "\n".join(lines)

@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""xshim against binfmt_misc, raw qemu and proot -q: per-exec cost and a debootstrap second stage.
+
+One run prints one table. See bench/README.md for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import contenders as cmod
+import hostguard
+import measure
+import report
+import trees
+from contenders import Contender, Tools
+from measure import ExecLoop, RunFailed, SecondStage
+from xshim.builder.errors import XshimError
+
+EPILOG = """\
+examples:
+  python3 bench/run.py                      # everything: exec loop and second stage (~5 min)
+  python3 bench/run.py --quick              # exec loop only (~1 min)
+  python3 bench/run.py --quick --only binfmt,xshim --execs 300 --reps 9 --stat best
+  python3 bench/run.py --json > bench.json
+  XSHIM_BENCH_CACHE=/srv/bench python3 bench/run.py --tree /var/tmp/arm64-first-stage
+
+Needs root and Linux >= 6.7 (binfmt_misc private to a user namespace). It never mounts
+binfmt_misc outside that namespace, and stops if the host has a handler registered.
+"""
+
+PROBE_TIMEOUT = 180.0
+LOOP_TIMEOUT = 900.0
+STAGE_TIMEOUT = 3600.0
+
+
+@dataclass
+class Row:
+    contender: Contender
+    unavailable: str | None = None  # set: the contender did not run at all
+    loop: ExecLoop | None = None
+    loop_error: str | None = None
+    stage: SecondStage | None = None
+    stage_error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/run.py", description=__doc__, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="exec loop only, no second stage")
+    p.add_argument("--execs", type=int, default=200, metavar="N",
+                   help="execs of /bin/true in the loop (default 200)")
+    p.add_argument("--reps", type=int, default=5, metavar="N",
+                   help="repetitions of the exec loop per contender (default 5)")
+    p.add_argument("--stage-reps", type=int, default=1, metavar="N",
+                   help="second-stage runs per contender, each on a fresh copy (default 1)")
+    p.add_argument("--stat", choices=measure.STATS, default="median",
+                   help="statistic over repetitions (default median)")
+    p.add_argument("--only", metavar="LIST", default=",".join(cmod.BY_NAME),
+                   help="comma-separated contenders (default: binfmt,qemu,proot,xshim)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when xshim misses the 1.05x-of-binfmt target or cannot run")
+    p.add_argument("--tree", type=Path, metavar="DIR",
+                   help="use this debootstrap --foreign arm64 tree (read only) instead of the "
+                        "cached one")
+    p.add_argument("--suite", help="Debian suite of the cached tree (default: the host's)")
+    p.add_argument("--mirror", help="Debian mirror (default: $XSHIM_MIRROR, else apt's)")
+    p.add_argument("--work", type=Path, metavar="DIR",
+                   help="where the per-contender copies go (default: $XSHIM_BENCH_CACHE/work)")
+    p.add_argument("--keep", action="store_true", help="keep the copies and logs afterwards")
+    p.add_argument("--qemu", metavar="PATH", help="qemu-aarch64-static to use (default: PATH)")
+    p.add_argument("--xshim", metavar="CMD",
+                   help="command that runs the xshim CLI (default: python3 -m xshim.builder)")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    bad = [n for n in names if n not in cmod.BY_NAME]
+    if bad or not names:
+        p.error(f"--only: unknown contender(s) {', '.join(bad) or '(none)'}; "
+                f"choose from {','.join(cmod.BY_NAME)}")
+    if args.execs < 1 or args.reps < 1 or args.stage_reps < 1:
+        p.error("--execs, --reps and --stage-reps must be at least 1")
+    args.names = names
+    return args
+
+
+def probe(row: Row, tree: Path, tools: Tools) -> None:
+    """One small run, which also warms the caches; a failure marks the contender unavailable."""
+    c = row.contender
+    reason = cmod.unavailable_reason(c, tools)
+    if reason is None:
+        try:
+            cmod.prepare(c, tree, tools)
+            measure.expect_aarch64(
+                measure.timed(cmod.exec_loop_command(c, tree, 1, tools), PROBE_TIMEOUT))
+        except (RunFailed, OSError) as e:
+            reason = str(e)
+    if reason is not None:
+        row.unavailable = reason
+        log(f"{c.name}: not available: {reason}")
+    else:
+        row.loop = ExecLoop(0)
+
+
+def exec_loops(rows: list[Row], loop_trees: dict[str, Path], tools: Tools,
+               n: int, reps: int) -> None:
+    # Round robin, so a burst of load elsewhere on the machine hits every contender alike.
+    for rep in range(reps):
+        for row in rows:
+            if row.loop is None:
+                continue
+            c, tree = row.contender, loop_trees[row.contender.name]
+            try:
+                full = measure.timed(cmod.exec_loop_command(c, tree, n, tools), LOOP_TIMEOUT)
+                measure.expect_aarch64(full)
+                zero = measure.timed(cmod.exec_loop_command(c, tree, 0, tools), LOOP_TIMEOUT)
+                measure.expect_aarch64(zero)
+            except RunFailed as e:
+                row.loop_error, row.loop = str(e), None
+                log(f"{c.name}: exec loop failed: {e}")
+                continue
+            row.loop.n = n
+            row.loop.full.append(full.seconds)
+            row.loop.zero.append(zero.seconds)
+            log(f"{c.name}: exec loop {rep + 1}/{reps}: {n} execs {full.seconds:.3f} s, "
+                f"start-up {zero.seconds:.3f} s")
+
+
+def second_stage(row: Row, first: Path, work: Path, tools: Tools, reps: int,
+                 keep: bool) -> None:
+    c = row.contender
+    result = SecondStage()
+    for rep in range(reps):
+        tree = trees.fresh_copy(first, work / f"{c.name}-stage")
+        logfile = work / f"{c.name}-stage.log"
+        log(f"{c.name}: debootstrap --second-stage {rep + 1}/{reps} (log: {logfile})")
+        try:
+            t = measure.timed(cmod.second_stage_command(c, tree, tools), STAGE_TIMEOUT, logfile)
+            packages = measure.check_second_stage(tree)
+        except RunFailed as e:
+            row.stage_error = str(e)
+            log(f"{c.name}: second stage failed: {e} (see {logfile})")
+            return
+        finally:
+            if not keep:
+                trees.remove_tree(tree)
+        result.seconds.append(t.seconds)
+        result.packages = packages
+        log(f"{c.name}: second stage {t.seconds:.1f} s, {packages} packages installed")
+    row.stage = result
+
+
+def run(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        log("needs root: it chroots, maps ids 0-65535 into a user namespace and mounts "
+            "/proc for debootstrap; run it with sudo")
+        return 2
+    try:
+        tools = cmod.find_tools(args.qemu, args.xshim)
+    except FileNotFoundError as e:
+        log(str(e))
+        return 2
+    first = trees.first_stage_tree(args.tree, args.suite, args.mirror)
+    probe_elf = first / "usr" / "bin" / "true"
+    log(f"first-stage tree: {first}")
+    hostguard.assert_no_binfmt(probe_elf, "before the benchmark")
+    if "binfmt" in args.names:
+        for path in hostguard.ensure_subids():
+            log(f"added {hostguard.SUBID_USER}:0:{hostguard.SUBID_COUNT} to {path} "
+                "(for the private user namespace)")
+
+    work = args.work or trees.cache_root() / "work"
+    rows = [Row(cmod.BY_NAME[n]) for n in args.names]
+    loop_trees: dict[str, Path] = {}
+    started = time.time()
+    try:
+        for row in rows:
+            loop_trees[row.contender.name] = trees.fresh_copy(
+                first, work / f"{row.contender.name}-loop")
+            probe(row, loop_trees[row.contender.name], tools)
+        exec_loops(rows, loop_trees, tools, args.execs, args.reps)
+        for tree in loop_trees.values():
+            if not args.keep:
+                trees.remove_tree(tree)
+        if not args.quick:
+            for row in rows:
+                if row.unavailable is None and row.contender.nested:
+                    second_stage(row, first, work, tools, args.stage_reps, args.keep)
+    finally:
+        if not args.keep:
+            for tree in loop_trees.values():
+                trees.remove_tree(tree)
+        hostguard.assert_no_binfmt(probe_elf, "after the benchmark")
+
+    meta: dict[str, Any] = report.environment(first, tools, args)
+    meta["duration_s"] = round(time.time() - started, 1)
+    data = report.as_json(rows, meta, args)
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        print()
+    else:
+        print(report.table(rows, meta, args))
+    if args.check:
+        return 0 if data["xshim_meets_target"] else 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except hostguard.HostError as e:
+        print(f"bench: REFUSED: {e}", file=sys.stderr)
+        return 3
+    except trees.TreeError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    except XshimError as e:  # making the cached tree: no mirror, no debootstrap, ...
+        print(f"bench: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
