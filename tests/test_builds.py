@@ -170,8 +170,14 @@ def _no_binfmt_after() -> Iterator[None]:
     builders.assert_no_binfmt((PLATFORM,))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _builders_to_ourselves() -> Iterator[None]:
+    with builders.exclusive():
+        yield
+
+
 @pytest.fixture(scope="module")
-def dockerd() -> Iterator[builders.Dockerd]:
+def dockerd(_builders_to_ourselves: None) -> Iterator[builders.Dockerd]:
     try:
         d = builders.start_dockerd()
     except builders.BuilderUnavailable as e:
@@ -184,7 +190,7 @@ def dockerd() -> Iterator[builders.Dockerd]:
 
 
 @pytest.fixture(scope="module")
-def buildah() -> Iterator[builders.Buildah]:
+def buildah(_builders_to_ourselves: None) -> Iterator[builders.Buildah]:
     try:
         b = builders.start_buildah()
     except builders.BuilderUnavailable as e:

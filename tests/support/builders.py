@@ -113,6 +113,29 @@ def assert_no_binfmt(platforms: tuple[str, ...] = ("linux/arm64",)) -> None:
     foreign.assert_no_binfmt(platforms)
 
 
+@contextlib.contextmanager
+def exclusive(timeout: float = 3600) -> Iterator[None]:
+    """Hold the private builders for this process: two test sessions sharing one dockerd and one
+    buildah store would stop, prune and rebuild under each other."""
+    RUNDIR.mkdir(parents=True, exist_ok=True)
+    with open(RUNDIR / "builders.lock", "a") as f:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"another test session held {f.name} for {timeout:.0f}s"
+                    ) from None
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 # --- dockerd -----------------------------------------------------------------------------------
 
 
@@ -160,7 +183,7 @@ class Dockerd:
         self, context: Path, dockerfile: Path, tag: str, build_args: Mapping[str, str] = {}
     ) -> Result:
         """A legacy-builder build (BuildKit off): the builder every Docker install has."""
-        argv = ["build", "--no-cache", "-f", str(dockerfile), "-t", tag]
+        argv = ["build", "--no-cache", "--force-rm", "-f", str(dockerfile), "-t", tag]
         for k, v in build_args.items():
             argv += ["--build-arg", f"{k}={v}"]
         return self.docker(*argv, str(context), env={"DOCKER_BUILDKIT": "0"})
@@ -308,7 +331,7 @@ class Buildah:
         build_args: Mapping[str, str] = {},
     ) -> Result:
         # Docker format keeps SHELL in the config (OCI has no field for it), as docker would.
-        argv = ["bud", "--isolation", "chroot", "--format", "docker", "--no-cache",
+        argv = ["bud", "--isolation", "chroot", "--format", "docker", "--no-cache", "--force-rm",
                 "--pull-never", "-f", str(dockerfile), "-t", tag]  # fmt: skip
         if platform:
             argv += ["--platform", platform]
