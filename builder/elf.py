@@ -19,11 +19,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
 
 from ..shim import arch as archmod
 from ..shim.arch import Arch, ElfIdent, NotElfError
@@ -114,12 +115,13 @@ def read_elf(stream: BinaryIO, name: str = "<stream>") -> ElfInfo:
     try:
         elf = ELFFile(stream)
         for seg in elf.iter_segments():
-            kind = seg["p_type"]
-            if kind == "PT_INTERP":
+            if isinstance(seg, InterpSegment):
                 interp = seg.get_interp_name()
-            elif kind == "PT_DYNAMIC" and isinstance(seg, DynamicSegment):
+            elif isinstance(seg, DynamicSegment):
                 dynamic = True
-                for tag in seg.iter_tags():
+                for dyn_tag in seg.iter_tags():
+                    # pyelftools sets .needed/.soname/... per tag type, out of the stubs' sight.
+                    tag: Any = dyn_tag
                     t = tag.entry.d_tag
                     if t == "DT_NEEDED":
                         needed.append(tag.needed)
@@ -129,7 +131,11 @@ def read_elf(stream: BinaryIO, name: str = "<stream>") -> ElfInfo:
                         runpath = _split(tag.runpath)
                     elif t == "DT_RPATH":
                         rpath = _split(tag.rpath)
-    except (ELFError, ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
+    except OSError:
+        raise
+    except (ELFError, Exception) as e:
+        # pyelftools lets corrupt fields surface as whatever construct or Python raises
+        # (ValueError, OverflowError, KeyError, ...): all of them mean "not a sane ELF".
         raise ElfFormatError(name, str(e) or type(e).__name__) from None
     return ElfInfo(ident, archmod.arch_of(ident), interp, tuple(needed), soname, runpath, rpath,
                    dynamic)
