@@ -60,11 +60,9 @@ EXCLUDES = (
 DROP_RTHOOKS = ("pyi_rth_inspect", "pyi_rth_pkgutil", "pyi_rth_multiprocessing")
 
 ENTRY_SCRIPT = """\
-import sys
+from xshim.shim.entry import run
 
-from xshim.shim.entry import main
-
-sys.exit(main())
+run()
 """
 
 SPEC = """\

@@ -9,8 +9,8 @@ here; nothing keeps a copy.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 # ELF constants (elf.h).
 ELFMAG = b"\x7fELF"
@@ -45,9 +45,12 @@ class Endian(Enum):
     BIG = ELFDATA2MSB
 
 
-@dataclass(frozen=True)
-class Arch:
-    """One architecture as ELF headers, Docker, qemu, Debian and uname name it."""
+class Arch(NamedTuple):
+    """One architecture as ELF headers, Docker, qemu, Debian and uname name it.
+
+    A NamedTuple rather than a dataclass: the shim imports this at every start, and dataclasses
+    pulls in inspect, which costs more start-up time than the whole exec decision.
+    """
 
     name: str  # our canonical name; also the qemu target unless ``qemu`` says otherwise
     elf_class: int
@@ -160,8 +163,7 @@ def host_arch() -> Arch:
     raise UnknownPlatformError(machine)
 
 
-@dataclass(frozen=True)
-class ElfIdent:
+class ElfIdent(NamedTuple):
     """The fields of an ELF header that pick an emulator."""
 
     elf_class: int

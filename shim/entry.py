@@ -230,5 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     return _run(prefix, bargv, os.path.join(prefix, "bin", "sh").encode(), search_path=False)
 
 
+def run() -> None:
+    """The frozen program's start: leave without interpreter teardown once the work is done,
+    so a RUN step ends as soon as its command does."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -18,7 +18,6 @@ line per exec on stderr. Unset: no sink at all, so tracing costs nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -58,6 +57,8 @@ class TraceSink:
             line = f"xshim[{pid}] {_text(path)}{' ' + shown if shown else ''}  → {target}\n"
             self._write(line)
             return
+        import json  # only JSON sinks pay for it
+
         rec: dict[str, Any] = {
             "event": "exec",
             "time": round(time.time(), 6),
@@ -73,6 +74,8 @@ class TraceSink:
     def exit(self, pid: int, status: int | None, signal: int | None, duration: float) -> None:
         if self.readable:
             return
+        import json
+
         rec = {
             "event": "exit",
             "time": round(time.time(), 6),
