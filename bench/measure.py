@@ -19,6 +19,11 @@ GUEST_ENV = {
     "container": "lxc",
 }
 
+# Where debootstrap would find itself anyway; said out loud because under proot its own
+# `[ -x /debootstrap/debootstrap ]` looks at the host (proot 5.1 does not translate faccessat2,
+# which qemu passes straight through) and it would look for /usr/share/debootstrap instead.
+STAGE_ENV = {**GUEST_ENV, "DEBOOTSTRAP_DIR": "/debootstrap"}
+
 STATS = ("median", "best")
 
 
@@ -64,14 +69,16 @@ class Timed:
     stdout: str
 
 
-def timed(argv: list[str], timeout: float, log: Path | None = None) -> Timed:
-    """Run ``argv`` with GUEST_ENV and no stdin; its wall time, or RunFailed."""
+def timed(
+    argv: list[str], timeout: float, log: Path | None = None, env: dict[str, str] | None = None
+) -> Timed:
+    """Run ``argv`` with ``env`` (GUEST_ENV) and no stdin; its wall time, or RunFailed."""
     out = open(log, "wb") if log else None  # noqa: SIM115 - closed below, after the run
     try:
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(
-                argv, env=GUEST_ENV, stdin=subprocess.DEVNULL,
+                argv, env=env or GUEST_ENV, stdin=subprocess.DEVNULL,
                 stdout=out if out else subprocess.PIPE,
                 stderr=subprocess.STDOUT if out else subprocess.PIPE,
                 timeout=timeout, check=False,

@@ -26,7 +26,9 @@ def _first_line(argv: list[str]) -> str:
     return lines[0] if lines else "?"
 
 
-def environment(tree: Path, tools: Tools, args: argparse.Namespace) -> dict[str, Any]:
+def environment(
+    tree: Path, tools: Tools, args: argparse.Namespace, load: tuple[float, float, float]
+) -> dict[str, Any]:
     from xshim.shim.version import __version__
 
     osrel = tree / "etc" / "os-release"
@@ -48,6 +50,7 @@ def environment(tree: Path, tools: Tools, args: argparse.Namespace) -> dict[str,
         "stage_reps": args.stage_reps,
         "stat": args.stat,
         "quick": args.quick,
+        "loadavg_at_start": [round(x, 2) for x in load],
     }
 
 
@@ -133,6 +136,10 @@ def table(rows: list[Row], meta: dict[str, Any], args: argparse.Namespace) -> st
     if not args.quick:
         lines.append(f"second stage: debootstrap --second-stage on a fresh copy, {stat} of "
                      f"{args.stage_reps} run(s)")
+    load1 = meta["loadavg_at_start"][0]
+    if load1 > 0.5:
+        lines.append(f"note: load average {load1:.2f} at the start: other work on this machine "
+                     "adds noise to every number")
     lines.append("")
     head = (f"{'contender':<22} {'exec loop':>10} {'start-up':>9} {'per exec':>9} "
             f"{'2nd stage':>10} {'pkgs':>5}")

@@ -140,28 +140,29 @@ def exec_loops(rows: list[Row], loop_trees: dict[str, Path], tools: Tools,
                 f"start-up {zero.seconds:.3f} s")
 
 
-def second_stage(row: Row, first: Path, work: Path, tools: Tools, reps: int,
+def second_stage(row: Row, first: Path, work: Path, tools: Tools, rep: int, reps: int,
                  keep: bool) -> None:
+    """One second-stage run of ``row`` on a fresh copy; a failure ends the contender's runs."""
     c = row.contender
-    result = SecondStage()
-    for rep in range(reps):
-        tree = trees.fresh_copy(first, work / f"{c.name}-stage")
-        logfile = work / f"{c.name}-stage.log"
-        log(f"{c.name}: debootstrap --second-stage {rep + 1}/{reps} (log: {logfile})")
-        try:
-            t = measure.timed(cmod.second_stage_command(c, tree, tools), STAGE_TIMEOUT, logfile)
-            packages = measure.check_second_stage(tree)
-        except RunFailed as e:
-            row.stage_error = str(e)
-            log(f"{c.name}: second stage failed: {e} (see {logfile})")
-            return
-        finally:
-            if not keep:
-                trees.remove_tree(tree)
-        result.seconds.append(t.seconds)
-        result.packages = packages
-        log(f"{c.name}: second stage {t.seconds:.1f} s, {packages} packages installed")
-    row.stage = result
+    tree = trees.fresh_copy(first, work / f"{c.name}-stage")
+    logfile = work / f"{c.name}-stage.log"
+    log(f"{c.name}: debootstrap --second-stage {rep + 1}/{reps} (log: {logfile})")
+    try:
+        t = measure.timed(cmod.second_stage_command(c, tree, tools), STAGE_TIMEOUT, logfile,
+                          measure.STAGE_ENV)
+        packages = measure.check_second_stage(tree)
+    except RunFailed as e:
+        row.stage_error, row.stage = str(e), None
+        log(f"{c.name}: second stage failed: {e} (see {logfile})")
+        return
+    finally:
+        if not keep:
+            trees.remove_tree(tree)
+    if row.stage is None:
+        row.stage = SecondStage()
+    row.stage.seconds.append(t.seconds)
+    row.stage.packages = packages
+    log(f"{c.name}: second stage {t.seconds:.1f} s, {packages} packages installed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     work = args.work or trees.cache_root() / "work"
     rows = [Row(cmod.BY_NAME[n]) for n in args.names]
     loop_trees: dict[str, Path] = {}
-    started = time.time()
+    started, load = time.time(), os.getloadavg()
     try:
         for row in rows:
             loop_trees[row.contender.name] = trees.fresh_copy(
@@ -197,16 +198,18 @@ def run(args: argparse.Namespace) -> int:
             if not args.keep:
                 trees.remove_tree(tree)
         if not args.quick:
-            for row in rows:
-                if row.unavailable is None and row.contender.nested:
-                    second_stage(row, first, work, tools, args.stage_reps, args.keep)
+            # Round robin again, for the same reason as the exec loop.
+            for rep in range(args.stage_reps):
+                for row in rows:
+                    if row.unavailable is None and row.contender.nested and not row.stage_error:
+                        second_stage(row, first, work, tools, rep, args.stage_reps, args.keep)
     finally:
         if not args.keep:
             for tree in loop_trees.values():
                 trees.remove_tree(tree)
         hostguard.assert_no_binfmt(probe_elf, "after the benchmark")
 
-    meta: dict[str, Any] = report.environment(first, tools, args)
+    meta: dict[str, Any] = report.environment(first, tools, args, load)
     meta["duration_s"] = round(time.time() - started, 1)
     data = report.as_json(rows, meta, args)
     if args.json:
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except XshimError as e:  # making the cached tree: no mirror, no debootstrap, ...
         print(f"bench: {e}", file=sys.stderr)
-        return e.exit_code
+        return int(e.exit_code)
     except KeyboardInterrupt:
         return 130
 
