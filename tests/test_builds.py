@@ -541,3 +541,25 @@ def test_failing_run_fails_the_build_with_its_status(
     assert "not reached" not in lines, "the build went on after the failure"
     if form == "shell":
         assert "before" in lines, "the step failed before its own command ran"
+
+
+# --- the README's main job ---------------------------------------------------------------------
+
+
+def test_run_example_script(dockerd: builders.Dockerd, base_tree: Path, tmp_path: Path) -> None:
+    """examples/run-example.sh, as `make demo` runs it, on the private dockerd: it ends by running
+    the built image's own program through the bundle mounted for that run only."""
+    work = tmp_path / "work"
+    work.mkdir()
+    foreign.copy_tree(base_tree, work / "rootfs")  # the script's step 1 would make the same tree
+    script = builders.EXAMPLE_DIR.parent / "run-example.sh"
+    try:
+        r = builders.run(["sh", str(script), str(work)],
+                         env=dockerd.env(DOCKER=builders.DOCKER))  # fmt: skip
+        r.check()
+        lines = [line.strip() for line in r.output.splitlines()]
+        assert "built and run through xshim" in lines
+        assert "OK: xshim-example/hello:arm64" in lines
+        assert "platform: linux/arm64" in lines
+    finally:
+        dockerd.docker("rmi", "-f", "xshim-example/hello:arm64")
