@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from support import builders, foreign
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -139,16 +138,17 @@ def test_fexecve_and_execveat_from_a_guest_program(tree: Path) -> None:
     assert (r.returncode, r.stdout) == (0, "aarch64\n"), r.stderr
     r = xrun(tree, "/opt/execveat_dirfd", "/bin/uname", "-m")
     # qemu-user 7.2 does not implement execveat for its guests; newer ones pass it on to us.
-    assert r.returncode == 0 and r.stdout == "aarch64\n" or "Function not implemented" in r.stderr
+    assert (r.returncode == 0 and r.stdout == "aarch64\n") or "Function not implemented" in r.stderr
 
 
 def test_execveat_with_empty_path_from_a_native_program(tree: Path, tmp_path: Path) -> None:
     """execveat(fd, "", AT_EMPTY_PATH) and execveat(dirfd, name) reach the supervisor directly."""
     cc = shutil.which("cc") or pytest.skip("no host C compiler")
     src = Path(__file__).parent / "guest" / "fexecve.c"
-    for name, flags in (("execveat_empty", ["-DRAW_EMPTY_PATH"]), ("execveat_dirfd", ["-DVIA_DIRFD"])):
+    variants = (("execveat_empty", "-DRAW_EMPTY_PATH"), ("execveat_dirfd", "-DVIA_DIRFD"))
+    for name, flag in variants:
         out = tree / "opt" / f"native-{name}"
-        subprocess.run([cc, "-static", "-O2", *flags, "-o", str(out), str(src)], check=True)
+        subprocess.run([cc, "-static", "-O2", flag, "-o", str(out), str(src)], check=True)
         r = xrun(tree, f"/opt/native-{name}", "/bin/uname", "-m")
         assert (r.returncode, r.stdout) == (0, "aarch64\n"), (name, r.stderr)
 
@@ -266,14 +266,16 @@ def test_no_emulator_means_enoexec_and_a_trace_that_says_why(tmp_path: Path) -> 
     """Run the supervisor directly with only the arm64 emulator: an s390x exec must fail."""
     bb64, bbs390 = foreign.busybox_static("arm64"), foreign.busybox_static("s390x")
     trace = tmp_path / "t.jsonl"
+    qemu = str(shutil.which("qemu-aarch64-static"))
     code = (
         "import os, sys\n"
         "from xshim.shim.supervisor import Config, supervise, exit_code\n"
         "from xshim.shim.tracelog import open_sink\n"
-        f"cfg = Config(emulators={{'aarch64': {str(shutil.which('qemu-aarch64-static'))!r}.encode()}},"
+        f"cfg = Config(emulators={{'aarch64': {qemu!r}.encode()}},"
         f" trace=open_sink({str(trace)!r}))\n"
         f"argv = [b'sh', b'-c', b'{bbs390} uname -m; echo status=$?']\n"
-        f"sys.exit(exit_code(supervise(argv, dict(os.environb), cfg, program={str(bb64)!r}.encode())))\n"
+        f"st = supervise(argv, dict(os.environb), cfg, program={str(bb64)!r}.encode())\n"
+        "sys.exit(exit_code(st))\n"
     )
     r = subprocess.run(["python3", "-c", code], capture_output=True, text=True, timeout=120)
     # ENOEXEC makes a POSIX shell try the file as a script, which then fails on the ELF bytes.
