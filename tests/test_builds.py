@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from elftools.elf.elffile import ELFFile
 from support import builders, foreign
 from xshim.builder import debian
 
@@ -381,7 +382,10 @@ def native_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp_path_factory.mktemp("busybox-tree")
     tree.chmod(0o755)  # the image's / gets the tree's mode
     (tree / "bin").mkdir()
-    busybox = shutil.which("busybox") or "/bin/busybox"
+    busybox = Path("/bin/busybox")
+    with busybox.open("rb") as f:
+        static = not any(seg["p_type"] == "PT_INTERP" for seg in ELFFile(f).iter_segments())
+    assert static, f"{busybox} is not static: apt-get install busybox-static"
     shutil.copy2(busybox, tree / "bin" / "busybox")
     (tree / "bin" / "sh").symlink_to("busybox")
     out = tmp_path_factory.mktemp("native") / "busybox.tar"
@@ -454,7 +458,8 @@ def _chain(root: Path, path: str) -> list[tuple[str, str]]:
             path = os.path.normpath(path)
             continue
         st = node.lstat()
-        out.append((path, f"{oct(st.st_mode)} {hashlib.sha256(node.read_bytes()).hexdigest()}"))
+        digest = hashlib.sha256(node.read_bytes()).hexdigest()
+        out.append((path, f"{oct(st.st_mode)} {st.st_uid}:{st.st_gid} {digest}"))
         return out
     raise AssertionError(f"symlink loop at {path}")
 

@@ -8,7 +8,8 @@ becomes one layer of a docker-archive tarball whose config carries the platform 
 tarball is loaded into both builders. Nothing is ever pulled.
 
 Paths can be moved with XSHIM_TEST_STATE (builder data roots, image archives; default
-/var/lib/xshim-test) and XSHIM_TEST_RUN (sockets, pid files; default /run/xshim-test). Foreign
+/var/lib/xshim-test) and XSHIM_TEST_RUN (sockets, pid files; default /run/xshim-test);
+XSHIM_TEST_DOCKERD_ARGS adds dockerd options (e.g. ``--storage-driver vfs``). Foreign
 rootfs trees live in the shared test cache (tests.support.foreign.cache_root()).
 """
 
@@ -20,6 +21,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -275,6 +277,8 @@ def start_dockerd(timeout: float = 60) -> Dockerd:
         "--ip-masq=false",
         # Our own config file, so a host /etc/docker/daemon.json cannot change what we test.
         "--config-file", str(_empty_daemon_json(d.data_root.parent)),
+        # e.g. "--storage-driver vfs" where overlayfs can't stack (dockerd inside a container)
+        *shlex.split(os.environ.get("XSHIM_TEST_DOCKERD_ARGS", "")),
     ]  # fmt: skip
     logf = d.log.open("ab")
     d.proc = subprocess.Popen(
