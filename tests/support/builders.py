@@ -150,7 +150,8 @@ class Dockerd:
     exec_root: Path
     pidfile: Path
     log: Path
-    proc: subprocess.Popen[bytes] | None = None  # None when we reused a daemon already running
+    proc: subprocess.Popen[bytes] | None = None
+    adopted: int | None = None  # pid of a daemon a previous session left running
 
     @property
     def host(self) -> str:
@@ -224,6 +225,15 @@ class Dockerd:
         self.docker("system", "prune", "-f")
 
     def stop(self) -> None:
+        if self.adopted is not None:
+            pid, self.adopted = self.adopted, None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    os.kill(pid, 0)
+                    time.sleep(0.2)
+                os.kill(pid, signal.SIGKILL)
         if self.proc is None:
             return
         self.proc.send_signal(signal.SIGTERM)
@@ -246,8 +256,10 @@ def dockerd_paths() -> Dockerd:
 
 
 def start_dockerd(timeout: float = 60) -> Dockerd:
-    """Start a private dockerd (or reuse one already answering on the private socket).
+    """Start the private dockerd; call it under ``exclusive()``.
 
+    A daemon already answering on the private socket was left by an interrupted session (only
+    test sessions use that socket, one at a time): it is adopted and stopped like our own.
     Raises BuilderUnavailable with the daemon's own words when it cannot start here.
     """
     _need_root("dockerd")
@@ -256,6 +268,8 @@ def start_dockerd(timeout: float = 60) -> Dockerd:
             raise BuilderUnavailable(f"{prog} is missing (apt-get install docker.io)")
     d = dockerd_paths()
     if d.ready():
+        with contextlib.suppress(OSError, ValueError):
+            d.adopted = int(d.pidfile.read_text().strip())
         return d
     for p in (d.data_root, d.exec_root, d.socket.parent, d.log.parent):
         p.mkdir(parents=True, exist_ok=True)
