@@ -54,6 +54,9 @@ def binfmt_problems(probe: Path | None) -> list[str]:
         # An automount point: not mounted yet, and we must not be the ones who mount it.
         pass
     if probe is not None:
+        why = _not_foreign(probe)
+        if why:
+            return [*problems, why]
         try:
             proc = subprocess.run([str(probe)], capture_output=True, timeout=30)
         except OSError as e:
@@ -65,6 +68,21 @@ def binfmt_problems(probe: Path | None) -> list[str]:
                 "some binfmt_misc handler serves it"
             )
     return problems
+
+
+def _not_foreign(probe: Path) -> str | None:
+    """Why ``probe`` cannot tell whether foreign code runs (it must be a foreign ELF)."""
+    from xshim.shim import arch as archmod
+
+    try:
+        with open(probe, "rb") as f:
+            ident = archmod.parse_ident(f.read(64))
+    except (OSError, archmod.NotElfError) as e:
+        return f"probe {probe}: not a readable ELF file ({e})"
+    a = archmod.arch_of(ident)
+    if a is None or archmod.natively_runs(archmod.host_arch(), a):
+        return f"probe {probe}: not a foreign executable, so it cannot show a handler"
+    return None
 
 
 def assert_no_binfmt(probe: Path | None, when: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import time
@@ -38,12 +39,16 @@ class ExecLoop:
     n: int
     full: list[float] = field(default_factory=list)
     zero: list[float] = field(default_factory=list)
+    full_cpu: list[float] = field(default_factory=list)  # user + system time of the loop
 
     def total(self, stat: str) -> float:
         return pick(self.full, stat)
 
     def start(self, stat: str) -> float:
         return pick(self.zero, stat)
+
+    def cpu(self, stat: str) -> float:
+        return pick(self.full_cpu, stat)
 
     def per_exec(self, stat: str) -> float:
         """Seconds per exec: what the loop costs beyond the contender's fixed start-up."""
@@ -53,10 +58,14 @@ class ExecLoop:
 @dataclass
 class SecondStage:
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
     packages: int = 0
 
     def wall(self, stat: str) -> float:
         return pick(self.seconds, stat)
+
+    def cpu(self, stat: str) -> float:
+        return pick(self.cpu_seconds, stat)
 
 
 class RunFailed(Exception):
@@ -66,6 +75,9 @@ class RunFailed(Exception):
 @dataclass(frozen=True)
 class Timed:
     seconds: float
+    # User + system time of the command and every descendant that was waited for. Other work
+    # on the machine stretches wall time but hardly this, so it is the steadier comparison.
+    cpu: float
     stdout: str
 
 
@@ -75,6 +87,7 @@ def timed(
     """Run ``argv`` with ``env`` (GUEST_ENV) and no stdin; its wall time, or RunFailed."""
     out = open(log, "wb") if log else None  # noqa: SIM115 - closed below, after the run
     try:
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(
@@ -88,6 +101,7 @@ def timed(
         except OSError as e:
             raise RunFailed(f"{argv[0]}: {e.strerror}") from None
         seconds = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
         if out:
             out.close()
@@ -100,7 +114,8 @@ def timed(
         lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
         last = lines[-1] if lines else "(no output)"
         raise RunFailed(f"exit status {proc.returncode}: {last}")
-    return Timed(seconds, stdout)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return Timed(seconds, cpu, stdout)
 
 
 def expect_aarch64(result: Timed) -> None:

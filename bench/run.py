@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -135,9 +136,10 @@ def exec_loops(rows: list[Row], loop_trees: dict[str, Path], tools: Tools,
                 continue
             row.loop.n = n
             row.loop.full.append(full.seconds)
+            row.loop.full_cpu.append(full.cpu)
             row.loop.zero.append(zero.seconds)
-            log(f"{c.name}: exec loop {rep + 1}/{reps}: {n} execs {full.seconds:.3f} s, "
-                f"start-up {zero.seconds:.3f} s")
+            log(f"{c.name}: exec loop {rep + 1}/{reps}: {n} execs {full.seconds:.3f} s "
+                f"(cpu {full.cpu:.3f} s), start-up {zero.seconds:.3f} s")
 
 
 def second_stage(row: Row, first: Path, work: Path, tools: Tools, rep: int, reps: int,
@@ -161,8 +163,10 @@ def second_stage(row: Row, first: Path, work: Path, tools: Tools, rep: int, reps
     if row.stage is None:
         row.stage = SecondStage()
     row.stage.seconds.append(t.seconds)
+    row.stage.cpu_seconds.append(t.cpu)
     row.stage.packages = packages
-    log(f"{c.name}: second stage {t.seconds:.1f} s, {packages} packages installed")
+    log(f"{c.name}: second stage {t.seconds:.1f} s (cpu {t.cpu:.1f} s), "
+        f"{packages} packages installed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -224,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # make_rootfs reports debootstrap's progress through logging: show it while the tree is made.
+    logging.basicConfig(level=logging.INFO, format="bench: %(message)s", stream=sys.stderr)
     try:
         return run(args)
     except hostguard.HostError as e:
