@@ -24,6 +24,7 @@ import trees
 from contenders import Contender, Tools
 from measure import ExecLoop, RunFailed, SecondStage
 from xshim.builder.errors import XshimError
+from xshim.builder.fsutil import write_atomic
 
 EPILOG = """\
 examples:
@@ -31,6 +32,7 @@ examples:
   python3 bench/run.py --quick              # exec loop only (~1 min)
   python3 bench/run.py --quick --only binfmt,xshim --execs 300 --reps 9 --stat best
   python3 bench/run.py --json > bench.json
+  python3 bench/run.py --save bench.json      # the table, and the JSON in a file
   XSHIM_BENCH_CACHE=/srv/bench python3 bench/run.py --tree /var/tmp/arm64-first-stage
 
 Needs root and Linux >= 6.7 (binfmt_misc private to a user namespace). It never mounts
@@ -74,6 +76,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--only", metavar="LIST", default=",".join(cmod.BY_NAME),
                    help="comma-separated contenders (default: binfmt,qemu,proot,xshim)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--save", type=Path, metavar="FILE",
+                   help="also write the JSON document to FILE")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when xshim misses the 1.05x-of-binfmt target or cannot run")
     p.add_argument("--tree", type=Path, metavar="DIR",
@@ -216,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
     meta: dict[str, Any] = report.environment(first, tools, args, load)
     meta["duration_s"] = round(time.time() - started, 1)
     data = report.as_json(rows, meta, args)
+    if args.save:
+        write_atomic(args.save, (json.dumps(data, indent=2) + "\n").encode())
     if args.json:
         json.dump(data, sys.stdout, indent=2)
         print()
