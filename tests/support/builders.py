@@ -430,14 +430,7 @@ DEBIAN_PATH: str = example.DEBIAN_PATH
 # --- foreign Debian trees ------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+_locked = foreign.locked
 
 
 def finished_tree(name: str = "arm64-bookworm-minbase-finished") -> Path:

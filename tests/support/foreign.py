@@ -77,14 +77,18 @@ def _download_cache() -> Path:
 
 
 @contextlib.contextmanager
-def _locked(name: str) -> Iterator[None]:
-    lock = cache_root() / f".{name}.lock"
+def locked(lock: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock`` (created if missing): one builder at a time."""
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _locked(name: str) -> contextlib.AbstractContextManager[None]:
+    return locked(cache_root() / f".{name}.lock")
 
 
 def _cached(name: str, build: Callable[[Path], None]) -> Path:
