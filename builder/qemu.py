@@ -15,15 +15,18 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING
 
 from ..shim import arch as archmod
 from ..shim.arch import Arch, NotElfError, UnknownPlatformError
-from . import debian
 from .errors import InputError, XshimError
 from .fsutil import write_atomic
+
+if TYPE_CHECKING:
+    from . import debian
+
+# The archive client (urllib, email) and pyelftools are imported where they are used: `xshim run`
+# with the host's emulators needs neither, and importing them would double its start-up time.
 
 log = logging.getLogger("xshim")
 
@@ -77,6 +80,9 @@ def is_static(path: Path) -> bool:
 
     Raises NotElfError for a file that is not ELF (or is corrupt).
     """
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
@@ -129,6 +135,25 @@ def find_emulators(
     PATH plus /usr/bin; ``download=False`` stops before the network. Architectures this host runs
     itself (its own, i386 on x86_64) get no entry.
     """
+    found, missing = available_emulators(arches, explicit_paths, search_dirs=search_dirs)
+    if missing and download:
+        found.update(fetch_emulators(missing, archive=archive, cache=cache))
+    elif missing:
+        raise MissingEmulatorError(missing)
+    return found
+
+
+def available_emulators(
+    arches: Iterable[Arch | str],
+    explicit_paths: Sequence[str | os.PathLike[str]] = (),
+    *,
+    search_dirs: Sequence[Path] | None = None,
+) -> tuple[dict[str, Path], list[Arch]]:
+    """The emulators given or installed for ``arches``, and the architectures left without one.
+
+    Never downloads and never raises for a missing emulator; a bad ``--qemu`` path still raises
+    NotAnEmulatorError.
+    """
     host = archmod.host_arch()
     wanted = [a for a in dict.fromkeys(_as_arch(x) for x in arches)
               if not archmod.natively_runs(host, a)]
@@ -146,18 +171,14 @@ def find_emulators(
 
     found: dict[str, Path] = {}
     missing: list[Arch] = []
-    dirs = _search_dirs() if search_dirs is None else list(search_dirs)
+    dirs = [str(d) for d in (_search_dirs() if search_dirs is None else search_dirs)]
     for a in wanted:
         emulator = by_target.get(a.qemu) or _search(a, dirs, host)
         if emulator is None:
             missing.append(a)
         else:
             found[a.name] = emulator
-    if missing and download:
-        found.update(fetch_emulators(missing, archive=archive, cache=cache))
-    elif missing:
-        raise MissingEmulatorError(missing)
-    return found
+    return found, missing
 
 
 def _search_dirs() -> list[Path]:
@@ -165,12 +186,14 @@ def _search_dirs() -> list[Path]:
     return list(dict.fromkeys([*dirs, *SEARCH_DIRS]))
 
 
-def _search(a: Arch, dirs: Sequence[Path], host: Arch) -> Path | None:
+def _search(a: Arch, dirs: Sequence[str], host: Arch) -> Path | None:
+    # Plain strings, not Path objects: `xshim run` probes every architecture in every PATH
+    # directory on each start, and pathlib made that the slowest step of its start-up.
     for d in dirs:
-        p = d / a.qemu_static
-        if p.is_file() and os.access(p, os.X_OK):
+        p = os.path.join(d, a.qemu_static)
+        if os.path.isfile(p) and os.access(p, os.X_OK):
             try:
-                _check_host_elf(p, host)
+                _check_host_elf(Path(p), host)
             except NotAnEmulatorError as e:
                 log.warning("skipping %s", e.message)
                 continue
@@ -188,6 +211,8 @@ def fetch_emulators(
 
     Each unpacked emulator's SHA256 is recorded beside it and checked again on every reuse.
     """
+    from . import debian
+
     host = archmod.host_arch()
     try:
         archive = archive or debian.Archive.discover(cache=cache)
@@ -219,6 +244,8 @@ def fetch_emulators(
 
 def _find_package(archive: debian.Archive, debian_arch: str) -> debian.PackageInfo:
     """qemu-user-static, or qemu-user where the former is only a transitional package."""
+    from . import debian
+
     last: debian.ArchiveError | None = None
     for name in PACKAGES:
         try:
@@ -237,6 +264,8 @@ def _sum_path(path: Path) -> Path:
 
 
 def _cached_ok(path: Path) -> bool:
+    from . import debian
+
     try:
         want = _sum_path(path).read_text().strip()
     except FileNotFoundError:

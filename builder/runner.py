@@ -7,7 +7,6 @@ our own, which disappears with the last process in it.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -25,7 +24,7 @@ from ..shim.supervisor import (
 )
 from ..shim.tracelog import open_sink
 from .errors import InputError, PrivilegeError, XshimError
-from .qemu import MissingEmulatorError, find_emulators
+from .qemu import available_emulators, find_emulators
 
 log = logging.getLogger("xshim")
 
@@ -157,10 +156,8 @@ def run_in_rootfs(
     # The rootfs's own platform must have an emulator (fetched from Debian if need be); any other
     # the host already has is offered too, for mixed-architecture trees.
     emulators = find_emulators([target], explicit)
-    for a in wanted:
-        if a.name not in emulators:
-            with contextlib.suppress(MissingEmulatorError):
-                emulators.update(find_emulators([a], explicit, download=False))
+    others, _ = available_emulators([a for a in wanted if a.name not in emulators], explicit)
+    emulators.update(others)
     sink = open_sink(trace if trace is not None else os.environ.get("XSHIM_TRACE"))
 
     _unshare_mounts()

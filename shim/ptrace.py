@@ -123,9 +123,10 @@ def _raise(what: str) -> None:
 
 
 def ptrace(request: int, pid: int, addr: int = 0, data: int = 0) -> int:
-    ctypes.set_errno(0)
+    # None of the requests used here returns data in its return value (no PEEK*), so -1 always
+    # means failure and errno need not be cleared first: this runs several times per exec.
     r: int = _ptrace(request, pid, addr, data)
-    if r == -1 and ctypes.get_errno():
+    if r == -1:
         _raise("ptrace")
     return r
 
@@ -135,7 +136,8 @@ def seize(pid: int, options: int) -> None:
 
 
 def cont(pid: int, sig: int = 0) -> None:
-    ptrace(PTRACE_CONT, pid, 0, sig)
+    if _ptrace(PTRACE_CONT, pid, 0, sig) == -1:
+        _raise("ptrace(PTRACE_CONT)")
 
 
 def cont_syscall(pid: int, sig: int = 0) -> None:
@@ -154,10 +156,13 @@ def setregs(pid: int, regs: UserRegs) -> None:
     ptrace(PTRACE_SETREGS, pid, 0, ctypes.addressof(regs))
 
 
+_event_msg = ctypes.c_ulong(0)
+_event_msg_p = ctypes.addressof(_event_msg)
+
+
 def geteventmsg(pid: int) -> int:
-    msg = ctypes.c_ulong(0)
-    ptrace(PTRACE_GETEVENTMSG, pid, 0, ctypes.addressof(msg))
-    return msg.value
+    ptrace(PTRACE_GETEVENTMSG, pid, 0, _event_msg_p)
+    return _event_msg.value
 
 
 class TraceeMemory:
@@ -168,17 +173,26 @@ class TraceeMemory:
     tracer, so the first EPERM switches to it for the rest of the run.
     """
 
+    _BUF = 4096  # reads never cross a page (see read_cstring), so one page-sized buffer will do
+
     def __init__(self) -> None:
         self.use_proc_mem = False
+        # One buffer and iovec pair reused for every read: this runs on every exec.
+        self._buf = ctypes.create_string_buffer(self._BUF)
+        self._buf_addr = ctypes.addressof(self._buf)
+        self._local = _Iovec(self._buf_addr, self._BUF)
+        self._remote = _Iovec(0, 0)
+        self._local_p = ctypes.byref(self._local)
+        self._remote_p = ctypes.byref(self._remote)
 
     def read(self, pid: int, addr: int, size: int) -> bytes:
-        if not self.use_proc_mem:
-            buf = ctypes.create_string_buffer(size)
-            local = _Iovec(ctypes.addressof(buf), size)
-            remote = _Iovec(addr, size)
-            n = _vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if not self.use_proc_mem and size <= self._BUF:
+            self._local.len = size
+            self._remote.base = addr
+            self._remote.len = size
+            n = _vm_readv(pid, self._local_p, 1, self._remote_p, 1, 0)
             if n >= 0:
-                return buf.raw[:n]
+                return ctypes.string_at(self._buf_addr, n)
             e = ctypes.get_errno()
             if e not in (errno.EPERM, errno.ENOSYS):
                 raise OSError(e, f"process_vm_readv: {os.strerror(e)}")
@@ -214,7 +228,9 @@ class TraceeMemory:
         """A NUL-terminated string; reads page by page so an unmapped next page is no error."""
         out = b""
         while len(out) < limit:
-            chunk = self.read(pid, addr, 4096 - (addr & 4095))
+            # Most strings are short paths: try a small read first, then whole pages.
+            want = 4096 - (addr & 4095)
+            chunk = self.read(pid, addr, want if out or want <= 256 else 256)
             if not chunk:
                 raise OSError(errno.EFAULT, "unreadable string in tracee")
             nul = chunk.find(b"\0")
@@ -230,7 +246,8 @@ class TraceeMemory:
         if addr == 0:
             return out
         while len(out) < limit:
-            chunk = self.read(pid, addr, 4096 - (addr & 4095))
+            want = 4096 - (addr & 4095)
+            chunk = self.read(pid, addr, want if out or want <= 256 else 256)
             if len(chunk) < 8:
                 raise OSError(errno.EFAULT, "unreadable pointer array in tracee")
             n = len(chunk) // 8

@@ -25,6 +25,7 @@ from .decide import (
     HEADER_SIZE,
     MAX_SCRIPT_DEPTH,
     Foreign,
+    Kind,
     Native,
     Script,
     UnknownElf,
@@ -93,12 +94,14 @@ class Supervisor:
         self.mem = pt.TraceeMemory()
         self.regs = pt.UserRegs()
         self.saved: dict[int, tuple[int, int, int]] = {}  # pid -> rdi, rsi, rdx before a rewrite
-        self.known: set[int] = set()
-        self.awaiting_start: set[int] = set()  # forked, initial stop not seen yet
-        self.started_early: set[int] = set()  # initial stop seen before the fork event
-        self.parent: dict[int, int] = {}
+        # Tracees whose first stop has been seen. A new tracee's first stop can reach us before
+        # or after its parent's fork event, so that stop alone marks it.
+        self.started: set[int] = set()
+        self.parent: dict[int, int] = {}  # child -> parent, kept only when tracing
         self.exec_time: dict[int, float] = {}
         self.warned: set[str] = set()
+        # classify() memoised on the header bytes: the same few programs are exec'd over and over.
+        self.kinds: dict[bytes, Kind] = {}
         self.main = -1
         self.guest_shell_arch = (
             guest_arch(config.guest_shell, config.chroot) if config.guest_shell else None
@@ -116,7 +119,7 @@ class Supervisor:
         os.close(go_r)
         os.close(err_w)
         self.main = pid
-        self.known.add(pid)
+        self.started.add(pid)  # seized, not auto-attached: it has no first stop of its own
         try:
             pt.seize(pid, OPTIONS)
         except OSError as e:
@@ -209,13 +212,8 @@ class Supervisor:
                     else:
                         pt.cont(pid, sig)  # signal-delivery stop: deliver it
                 elif event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
-                    child = pt.geteventmsg(pid)
-                    self.known.add(child)
-                    self.parent[child] = pid
-                    if child in self.started_early:
-                        self.started_early.discard(child)
-                    else:
-                        self.awaiting_start.add(child)
+                    if self.cfg.trace is not None:
+                        self.parent[pt.geteventmsg(pid)] = pid
                     pt.cont(pid)
                 elif event == pt.PTRACE_EVENT_EXEC:
                     # Success: nothing to restore. Resuming with CONT (not SYSCALL) also skips
@@ -224,7 +222,9 @@ class Supervisor:
                     former = pt.geteventmsg(pid)
                     if former != pid:  # a non-leader thread exec'd and took the leader's pid
                         self.saved.pop(former, None)
-                        self.exec_time[pid] = self.exec_time.pop(former, time.monotonic())
+                        self.started.discard(former)
+                        if former in self.exec_time:
+                            self.exec_time[pid] = self.exec_time.pop(former)
                     pt.cont(pid)
                 elif event == pt.PTRACE_EVENT_STOP:
                     self._on_stop(pid, sig)
@@ -234,12 +234,8 @@ class Supervisor:
                 pass  # killed while stopped (SIGKILL, or its thread group exec'd)
 
     def _on_stop(self, pid: int, sig: int) -> None:
-        if pid in self.awaiting_start:
-            self.awaiting_start.discard(pid)
-            pt.cont(pid)
-        elif pid not in self.known:
-            self.known.add(pid)
-            self.started_early.add(pid)
+        if pid not in self.started:
+            self.started.add(pid)  # its first stop, from being attached: let it run
             pt.cont(pid)
         elif sig in _GROUP_STOP_SIGNALS:
             pt.listen(pid)  # a real group-stop: stay stopped until SIGCONT, as without us
@@ -247,9 +243,8 @@ class Supervisor:
             pt.cont(pid)
 
     def _exited(self, pid: int, status: int) -> None:
-        self.known.discard(pid)
+        self.started.discard(pid)
         self.saved.pop(pid, None)
-        self.awaiting_start.discard(pid)
         self.parent.pop(pid, None)
         started = self.exec_time.pop(pid, None)
         if self.cfg.trace is not None and started is not None:
@@ -281,7 +276,8 @@ class Supervisor:
         else:
             pt.cont(pid)
             return
-        self.exec_time[pid] = time.monotonic()
+        if self.cfg.trace is not None:
+            self.exec_time[pid] = time.monotonic()
         try:
             path = self.mem.read_cstring(pid, path_p) if path_p else b""
         except OSError:
@@ -401,7 +397,7 @@ class Supervisor:
         header, ident = opened
         if ident in self.cfg.self_ids and self.cfg.guest_shell is not None:
             return self._plan_shell([], None)
-        kind = classify(header, self.host)
+        kind = self._classify(header)
         scripts: list[Script] = []
         program = path_override if path_override is not None else path
         while isinstance(kind, Script):
@@ -416,7 +412,7 @@ class Supervisor:
             header, ident = opened
             if ident in self.cfg.self_ids and self.cfg.guest_shell is not None:
                 return self._plan_shell(scripts, path_override or path)
-            kind = classify(header, self.host)
+            kind = self._classify(header)
             program = interp
         if isinstance(kind, Native):
             return _Leave("native", kind.arch.name, kind.arch)
@@ -430,6 +426,14 @@ class Supervisor:
         script_path = (path_override or path) if scripts else None
         head = emulated_argv(emulator, b"", program, scripts, script_path)
         return _Plan(emulator, kind.arch, program, head, path_override, scripts)
+
+    def _classify(self, header: bytes) -> Kind:
+        kind = self.kinds.get(header)
+        if kind is None:
+            if len(self.kinds) >= 1024:
+                self.kinds.clear()
+            kind = self.kinds[header] = classify(header, self.host)
+        return kind
 
     def _plan_shell(self, scripts: list[Script], script_path: bytes | None) -> _Plan | _Leave:
         """The shim was exec'd (as /bin/sh, or as a #! interpreter): run the image's shell.
