@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,12 +84,56 @@ def ratios(rows: list[Row], stat: str) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def meets_target(rows: list[Row], stat: str, quick: bool) -> bool:
-    """xshim ran and is within TARGET of binfmt on the exec loop (and the second stage)."""
-    r = ratios(rows, stat).get("xshim/binfmt")
+def _paired(xs: list[float], bs: list[float]) -> float | None:
+    """The median over rounds of one round's ratio x/b.
+
+    Each round runs every contender back to back, so a round's ratio compares runs made at
+    nearly the same moment. This machine's speed drifts by ±20 % over minutes (the samples in the
+    JSON show it); the ratio of two medians carries that drift, the median of paired ratios
+    mostly cancels it.
+    """
+    pairs = [x / b for x, b in zip(xs, bs, strict=False) if b > 0]
+    return statistics.median(pairs) if pairs else None
+
+
+def _per_exec_samples(row: Row) -> list[float]:
+    loop = row.loop
+    if loop is None or not loop.full:
+        return []
+    return [(f - z) / loop.n for f, z in zip(loop.full, loop.zero, strict=True)]
+
+
+def paired_ratios(rows: list[Row]) -> dict[str, dict[str, float | None]]:
+    """xshim over binfmt and proot, as medians of per-round ratios (see _paired)."""
+    by = {r.contender.name: r for r in rows}
+    x = by.get("xshim")
+    out: dict[str, dict[str, float | None]] = {}
+    for base in ("binfmt", "proot"):
+        b = by.get(base)
+        if x is None or b is None:
+            continue
+        xl, bl = x.loop, b.loop
+        xs, bs = x.stage, b.stage
+        out[f"xshim/{base}"] = {
+            "loop_s": _paired(xl.full, bl.full) if xl and bl else None,
+            "per_exec_s": _paired(_per_exec_samples(x), _per_exec_samples(b)),
+            "loop_cpu_s": _paired(xl.full_cpu, bl.full_cpu) if xl and bl else None,
+            "stage_s": _paired(xs.seconds, bs.seconds) if xs and bs else None,
+            "stage_cpu_s": _paired(xs.cpu_seconds, bs.cpu_seconds) if xs and bs else None,
+        }
+    return out
+
+
+def meets_target(rows: list[Row], quick: bool) -> bool:
+    """xshim ran and is within TARGET of binfmt per exec (and on the second stage).
+
+    The issue states the goal on per-exec cost and second-stage wall time; both are judged on
+    the paired ratios.
+    """
+    r = paired_ratios(rows).get("xshim/binfmt")
     if r is None:
         return False
-    values = [r["loop_s"]] if quick else [r["loop_s"], r["stage_s"]]
+    values = [r["per_exec_s"]] if quick else [r["per_exec_s"], r["stage_s"]]
     return all(v is not None and v <= TARGET for v in values)
 
 
@@ -119,8 +164,9 @@ def as_json(rows: list[Row], meta: dict[str, Any], args: argparse.Namespace) -> 
         "environment": meta,
         "contenders": contenders,
         "ratios": ratios(rows, args.stat),
+        "paired_ratios": paired_ratios(rows),
         "target": TARGET,
-        "xshim_meets_target": meets_target(rows, args.stat, args.quick),
+        "xshim_meets_target": meets_target(rows, args.quick),
     }
 
 
@@ -177,20 +223,27 @@ def table(rows: list[Row], meta: dict[str, Any], args: argparse.Namespace) -> st
         if row.stage_error:
             lines.append(f"{'':<22} second stage FAILED: {row.stage_error}")
     lines.append("")
-    rs = ratios(rows, stat)
+    rs, ps = ratios(rows, stat), paired_ratios(rows)
     if not rs:
         lines.append("ratios: xshim (or both binfmt and proot) not measured")
-    for name, r in rs.items():
-        parts = [f"exec loop {_cell(r['loop_s'], '.2f')}×",
-                 f"per exec {_cell(r['per_exec_s'], '.2f')}×"]
+    else:
+        lines.append(f"ratios: median over rounds of each round's ratio (in brackets: ratio of "
+                     f"the {stat}s above)")
+
+    def both(name: str, key: str) -> str:
+        return (f"{_cell(ps.get(name, {}).get(key), '.2f')}× "
+                f"[{_cell(rs[name][key], '.2f')}×]")
+
+    for name in rs:
+        parts = [f"per exec {both(name, 'per_exec_s')}", f"exec loop {both(name, 'loop_s')}"]
         if not args.quick:
-            parts.append(f"second stage {_cell(r['stage_s'], '.2f')}×")
-        parts.append(f"cpu: exec loop {_cell(r['loop_cpu_s'], '.2f')}×")
+            parts.append(f"second stage {both(name, 'stage_s')}")
+        parts.append(f"cpu: exec loop {both(name, 'loop_cpu_s')}")
         if not args.quick:
-            parts.append(f"second stage {_cell(r['stage_cpu_s'], '.2f')}×")
+            parts.append(f"second stage {both(name, 'stage_cpu_s')}")
         lines.append(f"{name + ':':<14} " + ", ".join(parts))
     if "xshim/binfmt" in rs:
-        verdict = "met" if meets_target(rows, stat, args.quick) else "MISSED"
-        lines.append(f"target xshim ≤ {TARGET:.2f}× binfmt (wall time: exec loop"
-                     f"{'' if args.quick else ' and second stage'}): {verdict}")
+        verdict = "met" if meets_target(rows, args.quick) else "MISSED"
+        lines.append(f"target xshim ≤ {TARGET:.2f}× binfmt (per exec"
+                     f"{'' if args.quick else ' and second-stage wall time'}, paired): {verdict}")
     return "\n".join(lines)

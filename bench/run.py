@@ -79,7 +79,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--save", type=Path, metavar="FILE",
                    help="also write the JSON document to FILE")
     p.add_argument("--check", action="store_true",
-                   help="exit 1 when xshim misses the 1.05x-of-binfmt target or cannot run")
+                   help="exit 1 when xshim misses the 1.05x-of-binfmt target (per exec and "
+                        "second stage, paired ratios) or cannot run")
     p.add_argument("--tree", type=Path, metavar="DIR",
                    help="use this debootstrap --foreign arm64 tree (read only) instead of the "
                         "cached one")
