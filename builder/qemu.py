@@ -9,7 +9,6 @@ a host-architecture ELF: a foreign one would need an emulator itself.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -20,13 +19,13 @@ from typing import TYPE_CHECKING
 from ..shim import arch as archmod
 from ..shim.arch import Arch, NotElfError, UnknownPlatformError
 from .errors import InputError, XshimError
-from .fsutil import write_atomic
 
 if TYPE_CHECKING:
     from . import debian
 
-# The archive client (urllib, email) and pyelftools are imported where they are used: `xshim run`
-# with the host's emulators needs neither, and importing them would double its start-up time.
+# The archive client (urllib, email), pyelftools, hashlib and tempfile are imported where they are
+# used: `xshim run` with the host's emulators needs none of them, and importing them all would
+# double its start-up time.
 
 log = logging.getLogger("xshim")
 
@@ -211,7 +210,10 @@ def fetch_emulators(
 
     Each unpacked emulator's SHA256 is recorded beside it and checked again on every reuse.
     """
+    import hashlib
+
     from . import debian
+    from .fsutil import write_atomic
 
     host = archmod.host_arch()
     try:
