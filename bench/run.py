@@ -28,8 +28,9 @@ from xshim.builder.fsutil import write_atomic
 
 EPILOG = """\
 examples:
-  python3 bench/run.py                      # everything: exec loop and second stage (~5 min)
-  python3 bench/run.py --quick              # exec loop only (~1 min)
+  python3 bench/run.py                      # everything: exec loop and second stage (~25 min)
+  python3 bench/run.py --quick              # exec loop only (~4 min)
+  python3 bench/run.py --reps 3 --stage-reps 1   # a rough look (~8 min)
   python3 bench/run.py --quick --only binfmt,xshim --execs 300 --reps 9 --stat best
   python3 bench/run.py --json > bench.json
   python3 bench/run.py --save bench.json      # the table, and the JSON in a file
@@ -67,10 +68,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="exec loop only, no second stage")
     p.add_argument("--execs", type=int, default=200, metavar="N",
                    help="execs of /bin/true in the loop (default 200)")
-    p.add_argument("--reps", type=int, default=5, metavar="N",
-                   help="repetitions of the exec loop per contender (default 5)")
-    p.add_argument("--stage-reps", type=int, default=1, metavar="N",
-                   help="second-stage runs per contender, each on a fresh copy (default 1)")
+    # Defaults big enough for the paired ratios to settle on a machine whose speed drifts.
+    p.add_argument("--reps", type=int, default=9, metavar="N",
+                   help="rounds of the exec loop (default 9)")
+    p.add_argument("--stage-reps", type=int, default=3, metavar="N",
+                   help="rounds of the second stage, each on a fresh copy (default 3)")
     p.add_argument("--stat", choices=measure.STATS, default="median",
                    help="statistic over repetitions (default median)")
     p.add_argument("--only", metavar="LIST", default=",".join(cmod.BY_NAME),
