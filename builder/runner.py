@@ -24,7 +24,7 @@ from ..shim.supervisor import (
 )
 from ..shim.tracelog import open_sink
 from .errors import InputError, PrivilegeError, XshimError
-from .qemu import available_emulators, find_emulators
+from .qemu import available_emulators, fetch_emulators
 
 log = logging.getLogger("xshim")
 
@@ -150,14 +150,12 @@ def run_in_rootfs(
             raise InputError(str(e), "use a Docker platform string such as linux/arm64") from None
     else:
         target = detect_platform(root)
-    host = archmod.host_arch()
-    wanted = [a for a in archmod.ARCHES if not archmod.natively_runs(host, a)]
     explicit = [Path(q) for q in qemu or []]
-    # The rootfs's own platform must have an emulator (fetched from Debian if need be); any other
-    # the host already has is offered too, for mixed-architecture trees.
-    emulators = find_emulators([target], explicit)
-    others, _ = available_emulators([a for a in wanted if a.name not in emulators], explicit)
-    emulators.update(others)
+    # Every emulator the host has (or was given) is offered, for mixed-architecture trees; the
+    # rootfs's own platform must have one, fetched from Debian if need be.
+    emulators, missing = available_emulators(archmod.ARCHES, explicit)
+    if target in missing:
+        emulators.update(fetch_emulators([target]))
     sink = open_sink(trace if trace is not None else os.environ.get("XSHIM_TRACE"))
 
     _unshare_mounts()

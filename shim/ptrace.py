@@ -136,8 +136,7 @@ def seize(pid: int, options: int) -> None:
 
 
 def cont(pid: int, sig: int = 0) -> None:
-    if _ptrace(PTRACE_CONT, pid, 0, sig) == -1:
-        _raise("ptrace(PTRACE_CONT)")
+    ptrace(PTRACE_CONT, pid, 0, sig)
 
 
 def cont_syscall(pid: int, sig: int = 0) -> None:
@@ -163,6 +162,13 @@ _event_msg_p = ctypes.addressof(_event_msg)
 def geteventmsg(pid: int) -> int:
     ptrace(PTRACE_GETEVENTMSG, pid, 0, _event_msg_p)
     return _event_msg.value
+
+
+def _chunk(addr: int, first: bool) -> int:
+    """How much to read at ``addr``: never past its page (the next may be unmapped), and only
+    256 bytes the first time, since most strings and argv arrays are short."""
+    rest = 4096 - (addr & 4095)
+    return min(rest, 256) if first else rest
 
 
 class TraceeMemory:
@@ -228,9 +234,7 @@ class TraceeMemory:
         """A NUL-terminated string; reads page by page so an unmapped next page is no error."""
         out = b""
         while len(out) < limit:
-            # Most strings are short paths: try a small read first, then whole pages.
-            want = 4096 - (addr & 4095)
-            chunk = self.read(pid, addr, want if out or want <= 256 else 256)
+            chunk = self.read(pid, addr, _chunk(addr, not out))
             if not chunk:
                 raise OSError(errno.EFAULT, "unreadable string in tracee")
             nul = chunk.find(b"\0")
@@ -246,8 +250,7 @@ class TraceeMemory:
         if addr == 0:
             return out
         while len(out) < limit:
-            want = 4096 - (addr & 4095)
-            chunk = self.read(pid, addr, want if out or want <= 256 else 256)
+            chunk = self.read(pid, addr, _chunk(addr, not out))
             if len(chunk) < 8:
                 raise OSError(errno.EFAULT, "unreadable pointer array in tracee")
             n = len(chunk) // 8
