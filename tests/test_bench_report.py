@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def test_paired_ratio_is_the_median_of_per_round_ratios() -> None:
     # Round by round xshim is 2x, 1x, 2x binfmt; the ratio of the two medians (3/3) hides that.
     xshim, binfmt = [2.0, 3.0, 10.0], [1.0, 3.0, 5.0]
     assert report._paired(xshim, binfmt) == pytest.approx(2.0)
-    assert statistics_median(xshim) / statistics_median(binfmt) == pytest.approx(1.0)
+    assert statistics.median(xshim) / statistics.median(binfmt) == pytest.approx(1.0)
     assert report._paired([], []) is None
     assert report._paired([1.0], [0.0]) is None  # a zero sample cannot be divided by
 
@@ -38,7 +39,7 @@ def test_per_exec_excludes_start_up() -> None:
     ]
     r = report.paired_ratios(rows)["xshim/binfmt"]
     assert r["per_exec_s"] == pytest.approx(1.0)
-    assert r["loop_s"] == pytest.approx(statistics_median([1.5 / 1.1, 2.5 / 2.1]))
+    assert r["loop_s"] == pytest.approx(statistics.median([1.5 / 1.1, 2.5 / 2.1]))
     assert r["stage_s"] is None
     assert report.meets_target(rows, quick=True)
     assert not report.meets_target(rows, quick=False)  # no second stage measured
@@ -64,8 +65,3 @@ def test_table_shows_paired_and_median_ratios() -> None:
     assert "second stage 1.03× [1.03×]" in text
     assert text.rstrip().endswith("met")
 
-
-def statistics_median(xs: list[float]) -> float:
-    s = sorted(xs)
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
