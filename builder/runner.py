@@ -77,6 +77,13 @@ def check_rootfs(rootfs: Path) -> None:
             f"{str(rootfs)!r} does not look like a root filesystem (no bin/ or usr/bin/)",
             "point --rootfs at the top of an unpacked image or a debootstrap tree",
         )
+    dev = rootfs / "dev"
+    if dev.is_symlink() or (dev.exists() and not dev.is_dir()):
+        # The emulators go under /dev/.xshim, so a rootfs without a /dev of its own cannot run.
+        raise InputError(
+            f"{str(dev)!r} is a symlink or a file, so no /dev can be mounted in the rootfs",
+            f"replace it with an empty directory: rm {dev} && mkdir {dev}",
+        )
 
 
 def detect_platform(rootfs: Path) -> archmod.Arch:
@@ -91,9 +98,20 @@ def detect_platform(rootfs: Path) -> archmod.Arch:
     )
 
 
+def _mount_point(rootfs: Path, sub: str) -> Path | None:
+    """``rootfs/sub`` as a directory to mount on, made if missing; None if it is a symlink or
+    a file. mount(2) follows symlinks, and an absolute one (a debootstrap --foreign tree made in
+    a container has ``proc -> /proc``) points out of the rootfs."""
+    path = rootfs / sub
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        return None
+    path.mkdir(exist_ok=True)
+    return path
+
+
 def _setup_dev(rootfs: Path, emulators: dict[str, Path]) -> dict[str, bytes]:
-    dev = rootfs / "dev"
-    dev.mkdir(exist_ok=True)
+    dev = _mount_point(rootfs, "dev")
+    assert dev is not None, "check_rootfs refuses such a /dev"
     _mount("tmpfs", str(dev), "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     for name in DEVICES:
         node = dev / name
@@ -163,8 +181,13 @@ def run_in_rootfs(
         ("proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC),
         ("sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY),
     ):
-        (root / sub).mkdir(exist_ok=True)
-        _mount(sub, str(root / sub), fstype, flags, None)
+        point = _mount_point(root, sub)
+        if point is None:
+            # debootstrap --second-stage replaces such a link and mounts /proc itself.
+            log.warning("%s is a symlink or a file: no /%s inside the rootfs (replace it with an "
+                        "empty directory to get one)", root / sub, sub)
+            continue
+        _mount(sub, str(point), fstype, flags, None)
     inside = _setup_dev(root, emulators)
 
     env = original_environ() or dict(os.environb)

@@ -286,6 +286,20 @@ def test_no_emulator_means_enoexec_and_a_trace_that_says_why(tmp_path: Path) -> 
     assert refused and refused[0]["arch"] == "s390x" and refused[0]["available"] == ["aarch64"]
 
 
+def test_a_proc_symlink_is_left_alone_and_reported(tmp_path: Path) -> None:
+    """A debootstrap --foreign tree made in a container has ``proc -> /proc``: mount(2) would
+    follow it out of the rootfs, so xshim run leaves it, says so, and the command still runs."""
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(foreign.busybox_static("arm64"), root / "bin" / "busybox")
+    (root / "proc").symlink_to("/proc")
+    r = xrun(root, "/bin/busybox", "sh", "-c", "test -L /proc && /bin/busybox uname -m")
+    assert (r.returncode, r.stdout) == (0, "aarch64\n"), r.stderr
+    assert f"{root / 'proc'} is a symlink or a file: no /proc inside the rootfs" in r.stderr
+    assert os.readlink(root / "proc") == "/proc"
+    assert (root / "sys").is_dir() and (root / "dev").is_dir()
+
+
 @pytest.mark.slow
 def test_headline_debootstrap_second_stage(tmp_path: Path) -> None:
     root = foreign.copy_tree(foreign.arm64_first_stage(), tmp_path / "rootfs")
