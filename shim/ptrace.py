@@ -190,6 +190,12 @@ class TraceeMemory:
         self._remote = _Iovec(0, 0)
         self._local_p = ctypes.byref(self._local)
         self._remote_p = ctypes.byref(self._remote)
+        # Two of each for read_pair(): the halves of the buffer, and two places in the tracee.
+        self._local2 = (_Iovec * 2)()
+        self._remote2 = (_Iovec * 2)()
+        self._wbuf = ctypes.create_string_buffer(self._BUF)
+        self._wlocal = _Iovec(ctypes.addressof(self._wbuf), 0)
+        self._wremote = _Iovec(0, 0)
 
     def read(self, pid: int, addr: int, size: int) -> bytes:
         if not self.use_proc_mem and size <= self._BUF:
@@ -211,9 +217,15 @@ class TraceeMemory:
 
     def write(self, pid: int, addr: int, data: bytes) -> None:
         if not self.use_proc_mem:
-            buf = ctypes.create_string_buffer(data, len(data))
-            local = _Iovec(ctypes.addressof(buf), len(data))
-            remote = _Iovec(addr, len(data))
+            if len(data) <= self._BUF:
+                ctypes.memmove(self._wbuf, data, len(data))
+                local = self._wlocal
+            else:
+                buf = ctypes.create_string_buffer(data, len(data))
+                local = _Iovec(ctypes.addressof(buf), 0)
+            local.len = len(data)
+            remote = self._wremote
+            remote.base, remote.len = addr, len(data)
             n = _vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
             if n == len(data):
                 return
@@ -230,11 +242,46 @@ class TraceeMemory:
         finally:
             os.close(fd)
 
-    def read_cstring(self, pid: int, addr: int, limit: int = 1 << 16) -> bytes:
-        """A NUL-terminated string; reads page by page so an unmapped next page is no error."""
+    def read_pair(self, pid: int, a: int, b: int) -> tuple[bytes, bytes]:
+        """The first chunks (see _chunk) at ``a`` and at ``b``, in one syscall where possible.
+
+        An exec needs the path and the argv array; reading both at once saves a syscall on
+        every exec. Each result may be short or empty where the tracee's memory ends.
+        """
+        size_a, size_b = _chunk(a, True), _chunk(b, True)
+        if not self.use_proc_mem:
+            half = self._BUF // 2  # _chunk's first reads are at most 256 bytes
+            loc, rem = self._local2, self._remote2
+            loc[0].base, loc[0].len = self._buf_addr, size_a
+            loc[1].base, loc[1].len = self._buf_addr + half, size_b
+            rem[0].base, rem[0].len = a, size_a
+            rem[1].base, rem[1].len = b, size_b
+            n = _vm_readv(pid, loc, 2, rem, 2, 0)
+            if n == size_a + size_b:
+                return (ctypes.string_at(self._buf_addr, size_a),
+                        ctypes.string_at(self._buf_addr + half, size_b))
+        # A partial transfer stops at the first unreadable iovec: read each on its own.
+        return self._read_or_empty(pid, a, size_a), self._read_or_empty(pid, b, size_b)
+
+    def _read_or_empty(self, pid: int, addr: int, size: int) -> bytes:
+        try:
+            return self.read(pid, addr, size)
+        except OSError:
+            return b""
+
+    def read_cstring(
+        self, pid: int, addr: int, limit: int = 1 << 16, first: bytes | None = None
+    ) -> bytes:
+        """A NUL-terminated string; reads page by page so an unmapped next page is no error.
+
+        ``first`` is the first chunk when the caller has read it already (read_pair).
+        """
         out = b""
         while len(out) < limit:
-            chunk = self.read(pid, addr, _chunk(addr, not out))
+            if first is not None:
+                chunk, first = first, None
+            else:
+                chunk = self.read(pid, addr, _chunk(addr, not out))
             if not chunk:
                 raise OSError(errno.EFAULT, "unreadable string in tracee")
             nul = chunk.find(b"\0")
@@ -244,13 +291,21 @@ class TraceeMemory:
             addr += len(chunk)
         raise OSError(errno.E2BIG, "string in tracee too long")
 
-    def read_pointers(self, pid: int, addr: int, limit: int = 1 << 18) -> list[int]:
-        """A NULL-terminated array of pointers (argv, envp). A NULL array reads as empty."""
+    def read_pointers(
+        self, pid: int, addr: int, limit: int = 1 << 18, first: bytes | None = None
+    ) -> list[int]:
+        """A NULL-terminated array of pointers (argv, envp). A NULL array reads as empty.
+
+        ``first`` is the first chunk when the caller has read it already (read_pair).
+        """
         out: list[int] = []
         if addr == 0:
             return out
         while len(out) < limit:
-            chunk = self.read(pid, addr, _chunk(addr, not out))
+            if first is not None:
+                chunk, first = first, None
+            else:
+                chunk = self.read(pid, addr, _chunk(addr, not out))
             if len(chunk) < 8:
                 raise OSError(errno.EFAULT, "unreadable pointer array in tracee")
             n = len(chunk) // 8

@@ -278,8 +278,11 @@ class Supervisor:
             return
         if self.cfg.trace is not None:
             self.exec_time[pid] = time.monotonic()
+        # The path and the start of argv in one read; argv is wasted on a native exec, but
+        # almost every exec under the supervisor is a foreign one.
+        path_head, argv_head = self.mem.read_pair(pid, path_p, argv_p)
         try:
-            path = self.mem.read_cstring(pid, path_p) if path_p else b""
+            path = self.mem.read_cstring(pid, path_p, first=path_head) if path_p else b""
         except OSError:
             pt.cont(pid)  # the kernel will answer EFAULT
             return
@@ -293,7 +296,7 @@ class Supervisor:
             pt.cont(pid)
             return
         try:
-            argv_ptrs = self.mem.read_pointers(pid, argv_p)
+            argv_ptrs = self.mem.read_pointers(pid, argv_p, first=argv_head)
             self._rewrite(pid, outcome, path_p, argv_ptrs, envp_p)
         except OSError as e:
             self._leave_after_error(pid, path, argv_p, e)
