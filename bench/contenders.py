@@ -144,6 +144,22 @@ def guest_command(c: Contender, tree: Path, argv: list[str], tools: Tools) -> li
     raise ValueError(c.name)
 
 
+# The two contenders whose ratio is the target: they always run back to back.
+PAIR = ("binfmt", "xshim")
+
+
+def round_order(names: list[str], rep: int) -> list[str]:
+    """The order of one round: binfmt and xshim first and adjacent, swapped every other round.
+
+    The machine's speed drifts within seconds; adjacent runs see nearly the same machine, and
+    swapping which goes first keeps a steady drift from always favouring the same one.
+    """
+    pair = [n for n in PAIR if n in names]
+    if rep % 2:
+        pair.reverse()
+    return pair + [n for n in names if n not in PAIR]
+
+
 def exec_loop_script(n: int) -> str:
     """``uname -m`` then ``n`` execs of /bin/true, all from one shell."""
     return f'uname -m; i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -92,15 +93,41 @@ def _paired(xs: list[float], bs: list[float]) -> float | None:
     JSON show it); the ratio of two medians carries that drift, the median of paired ratios
     mostly cancels it.
     """
-    pairs = [x / b for x, b in zip(xs, bs, strict=False) if b > 0]
+    pairs = _pairs(xs, bs)
     return statistics.median(pairs) if pairs else None
 
 
+def _pairs(xs: list[float], bs: list[float]) -> list[float]:
+    return [x / b for x, b in zip(xs, bs, strict=False) if b > 0]
+
+
+def median_ci(values: list[float], z: float = 1.96) -> tuple[float, float] | None:
+    """A distribution-free 95 % confidence interval for the median (order statistics).
+
+    Between the j-th and k-th smallest of n values, j = ⌊n/2 − z·√n/2⌋ and k = ⌈1 + n/2 +
+    z·√n/2⌉ (1-based); it says how far the median of the paired ratios could be off from the
+    true one. None when there are too few values for such an interval (fewer than 6).
+    """
+    n = len(values)
+    j = math.floor(n / 2 - z * math.sqrt(n) / 2)
+    k = math.ceil(1 + n / 2 + z * math.sqrt(n) / 2)
+    if j < 1 or k > n:
+        return None
+    v = sorted(values)
+    return v[j - 1], v[k - 1]
+
+
 def _per_exec_samples(row: Row) -> list[float]:
+    """Each round's per-exec cost: its loop minus the contender's median start-up.
+
+    Start-up is a fixed cost, the same in every round; its median is steadier than a single
+    N = 0 run, whose own noise would otherwise land on every round's ratio.
+    """
     loop = row.loop
-    if loop is None or not loop.full:
+    if loop is None or not loop.full or not loop.zero:
         return []
-    return [(f - z) / loop.n for f, z in zip(loop.full, loop.zero, strict=True)]
+    start = statistics.median(loop.zero)
+    return [(f - start) / loop.n for f in loop.full]
 
 
 def paired_ratios(rows: list[Row]) -> dict[str, dict[str, float | None]]:
@@ -121,6 +148,18 @@ def paired_ratios(rows: list[Row]) -> dict[str, dict[str, float | None]]:
             "stage_s": _paired(xs.seconds, bs.seconds) if xs and bs else None,
             "stage_cpu_s": _paired(xs.cpu_seconds, bs.cpu_seconds) if xs and bs else None,
         }
+    return out
+
+
+def paired_intervals(rows: list[Row]) -> dict[str, tuple[float, float] | None]:
+    """95 % confidence intervals of xshim/binfmt's paired ratios (see median_ci)."""
+    by = {r.contender.name: r for r in rows}
+    x, b = by.get("xshim"), by.get("binfmt")
+    if x is None or b is None:
+        return {}
+    out = {"per_exec_s": median_ci(_pairs(_per_exec_samples(x), _per_exec_samples(b)))}
+    if x.stage and b.stage:
+        out["stage_s"] = median_ci(_pairs(x.stage.seconds, b.stage.seconds))
     return out
 
 
@@ -165,6 +204,10 @@ def as_json(rows: list[Row], meta: dict[str, Any], args: argparse.Namespace) -> 
         "contenders": contenders,
         "ratios": ratios(rows, args.stat),
         "paired_ratios": paired_ratios(rows),
+        "paired_ratio_ci95": {"xshim/binfmt": {
+            k: [round(v, 4) for v in ci] if ci else None
+            for k, ci in paired_intervals(rows).items()
+        }},
         "target": TARGET,
         "xshim_meets_target": meets_target(rows, args.quick),
     }
@@ -242,6 +285,13 @@ def table(rows: list[Row], meta: dict[str, Any], args: argparse.Namespace) -> st
         if not args.quick:
             parts.append(f"second stage {both(name, 'stage_cpu_s')}")
         lines.append(f"{name + ':':<14} " + ", ".join(parts))
+    cis = paired_intervals(rows)
+    ci_text = [f"{label} {ci[0]:.2f}–{ci[1]:.2f}×" for key, label in
+               (("per_exec_s", "per exec"), ("stage_s", "second stage"))
+               if (ci := cis.get(key)) is not None]
+    if ci_text:
+        lines.append("xshim/binfmt paired, 95 % confidence interval of the median: "
+                     + ", ".join(ci_text))
     if "xshim/binfmt" in rs:
         verdict = "met" if meets_target(rows, args.quick) else "MISSED"
         lines.append(f"target xshim ≤ {TARGET:.2f}× binfmt (per exec"

@@ -28,9 +28,9 @@ from xshim.builder.fsutil import write_atomic
 
 EPILOG = """\
 examples:
-  python3 bench/run.py                      # everything: exec loop and second stage (~25 min)
-  python3 bench/run.py --quick              # exec loop only (~4 min)
-  python3 bench/run.py --reps 3 --stage-reps 1   # a rough look (~8 min)
+  python3 bench/run.py                      # everything: exec loop and second stage (~28 min)
+  python3 bench/run.py --quick              # exec loop only (~6 min)
+  python3 bench/run.py --reps 6 --stage-reps 1   # a rough look (~9 min)
   python3 bench/run.py --quick --only binfmt,xshim --execs 300 --reps 9 --stat best
   python3 bench/run.py --json > bench.json
   python3 bench/run.py --save bench.json      # the table, and the JSON in a file
@@ -66,11 +66,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="exec loop only, no second stage")
-    p.add_argument("--execs", type=int, default=200, metavar="N",
-                   help="execs of /bin/true in the loop (default 200)")
-    # Defaults big enough for the paired ratios to settle on a machine whose speed drifts.
-    p.add_argument("--reps", type=int, default=9, metavar="N",
-                   help="rounds of the exec loop (default 9)")
+    p.add_argument("--execs", type=int, default=100, metavar="N",
+                   help="execs of /bin/true in the loop (default 100)")
+    # Many short rounds rather than a few long ones: the machine's speed drifts within seconds,
+    # so a longer loop does not average the drift away, while more pairs narrow the median.
+    p.add_argument("--reps", type=int, default=30, metavar="N",
+                   help="rounds of the exec loop (default 30)")
     p.add_argument("--stage-reps", type=int, default=3, metavar="N",
                    help="rounds of the second stage, each on a fresh copy (default 3)")
     p.add_argument("--stat", choices=measure.STATS, default="median",
@@ -126,9 +127,10 @@ def probe(row: Row, tree: Path, tools: Tools) -> None:
 
 def exec_loops(rows: list[Row], loop_trees: dict[str, Path], tools: Tools,
                n: int, reps: int) -> None:
-    # Round robin, so a burst of load elsewhere on the machine hits every contender alike.
+    by_name = {row.contender.name: row for row in rows}
     for rep in range(reps):
-        for row in rows:
+        for name in cmod.round_order(list(by_name), rep):
+            row = by_name[name]
             if row.loop is None:
                 continue
             c, tree = row.contender, loop_trees[row.contender.name]
@@ -209,9 +211,10 @@ def run(args: argparse.Namespace) -> int:
             if not args.keep:
                 trees.remove_tree(tree)
         if not args.quick:
-            # Round robin again, for the same reason as the exec loop.
+            by_name = {row.contender.name: row for row in rows}
             for rep in range(args.stage_reps):
-                for row in rows:
+                for name in cmod.round_order(list(by_name), rep):
+                    row = by_name[name]
                     if row.unavailable is None and row.contender.nested and not row.stage_error:
                         second_stage(row, first, work, tools, rep, args.stage_reps, args.keep)
     finally:

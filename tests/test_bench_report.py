@@ -65,3 +65,39 @@ def test_table_shows_paired_and_median_ratios() -> None:
     assert "second stage 1.03× [1.03×]" in text
     assert text.rstrip().endswith("met")
 
+
+
+def test_binfmt_and_xshim_run_back_to_back_and_take_turns_first() -> None:
+    names = ["binfmt", "qemu", "proot", "xshim"]
+    assert contenders.round_order(names, 0) == ["binfmt", "xshim", "qemu", "proot"]
+    assert contenders.round_order(names, 1) == ["xshim", "binfmt", "qemu", "proot"]
+    assert contenders.round_order(["proot", "xshim"], 1) == ["xshim", "proot"]
+
+
+def test_per_exec_subtracts_the_median_start_up() -> None:
+    # One noisy N = 0 run (0.9 s) must not land on its own round's ratio.
+    rows = [_row("binfmt", [1.1, 1.1, 1.1], [0.1, 0.1, 0.1], None),
+            _row("xshim", [1.1, 1.1, 1.1], [0.1, 0.9, 0.1], None)]
+    assert report._per_exec_samples(rows[1]) == pytest.approx([0.01, 0.01, 0.01])
+    assert report.paired_ratios(rows)["xshim/binfmt"]["per_exec_s"] == pytest.approx(1.0)
+
+
+def test_median_interval_from_order_statistics() -> None:
+    assert report.median_ci([1.0] * 5) is None  # too few for a 95 % interval
+    values = [float(v) for v in range(1, 31)]  # n = 30: the 9th and 22nd smallest
+    assert report.median_ci(values) == (9.0, 22.0)
+    assert report.median_ci(list(reversed(values))) == (9.0, 22.0)
+    lo, hi = report.median_ci([float(v) for v in range(100)]) or (0, 0)
+    assert lo < statistics.median(range(100)) < hi
+
+
+def test_table_and_json_give_the_interval() -> None:
+    full_b = [1.1 + 0.01 * i for i in range(10)]
+    rows = [_row("binfmt", full_b, [0.1] * 10, None),
+            _row("xshim", [f * 1.02 for f in full_b], [0.1] * 10, None)]
+    args = argparse.Namespace(execs=100, reps=10, stage_reps=1, stat="median", quick=True)
+    meta = {"guest": "g", "qemu": "q", "kernel": "k", "cpus": 2, "loadavg_at_start": [0.0]}
+    text = report.table(rows, meta, args)
+    assert "95 % confidence interval of the median: per exec 1.02–1.02×" in text
+    ci = report.as_json(rows, meta, args)["paired_ratio_ci95"]["xshim/binfmt"]["per_exec_s"]
+    assert ci[0] <= 1.022 <= ci[1] + 0.001
