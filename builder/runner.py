@@ -78,7 +78,7 @@ def check_rootfs(rootfs: Path) -> None:
             "point --rootfs at the top of an unpacked image or a debootstrap tree",
         )
     dev = rootfs / "dev"
-    if dev.is_symlink() or (dev.exists() and not dev.is_dir()):
+    if _not_a_mount_point(dev):
         # The emulators go under /dev/.xshim, so a rootfs without a /dev of its own cannot run.
         raise InputError(
             f"{str(dev)!r} is a symlink or a file, so no /dev can be mounted in the rootfs",
@@ -98,12 +98,16 @@ def detect_platform(rootfs: Path) -> archmod.Arch:
     )
 
 
+def _not_a_mount_point(path: Path) -> bool:
+    """A symlink or a file: mount(2) follows symlinks, and an absolute one (a debootstrap
+    --foreign tree made in a container has ``proc -> /proc``) points out of the rootfs."""
+    return path.is_symlink() or (path.exists() and not path.is_dir())
+
+
 def _mount_point(rootfs: Path, sub: str) -> Path | None:
-    """``rootfs/sub`` as a directory to mount on, made if missing; None if it is a symlink or
-    a file. mount(2) follows symlinks, and an absolute one (a debootstrap --foreign tree made in
-    a container has ``proc -> /proc``) points out of the rootfs."""
+    """``rootfs/sub`` as a directory to mount on, made if missing; None if it cannot be one."""
     path = rootfs / sub
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
+    if _not_a_mount_point(path):
         return None
     path.mkdir(exist_ok=True)
     return path
