@@ -2,13 +2,14 @@
 #
 #   make demo    install what is needed, then build the arm64 example image with docker (no binfmt)
 #   make test    install what is needed, then run the whole test suite (lint, unit, integration)
+#   make check   the pure and quick tests only (lint and unit tests; no root, qemu or builders)
 #   make bench   the benchmark against binfmt (in a private user namespace), raw qemu and proot -q
 #   make lint    ruff and mypy only
 
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: deps demo test unit lint bench clean
+.PHONY: deps demo test check unit lint bench clean
 
 deps:
 	sh .ci/install-deps
@@ -19,8 +20,10 @@ demo: deps
 test: deps
 	$(PYTHON) -m pytest -v -ra $(PYTEST_ARGS) tests
 
-unit: deps
-	$(PYTHON) -m pytest -v -ra -m "not integration and not docker and not slow" tests
+check: deps
+	$(PYTHON) -m pytest -q -ra -m "not integration and not docker and not slow" tests
+
+unit: check
 
 lint: deps
 	$(PYTHON) -m pytest -v tests/test_lint.py
