@@ -178,7 +178,8 @@ def run_in_rootfs(
     emulators, missing = available_emulators(archmod.ARCHES, explicit)
     if target in missing:
         emulators.update(fetch_emulators([target]))
-    sink = open_sink(trace if trace is not None else os.environ.get("XSHIM_TRACE"))
+    sink = open_sink(trace if trace is not None else os.environ.get("XSHIM_TRACE"),
+                     os.environ.get("XSHIM_TRACE_HASH"))
 
     _unshare_mounts()
     for sub, fstype, flags in (

@@ -167,7 +167,7 @@ def _run(prefix: str, argv: list[bytes], program: bytes | None, search_path: boo
 
     env = clean_environ(original_environ() or dict(os.environb), prefix.encode())
     try:
-        sink = open_sink(os.environ.get("XSHIM_TRACE"))
+        sink = open_sink(os.environ.get("XSHIM_TRACE"), os.environ.get("XSHIM_TRACE_HASH"))
     except OSError as e:
         sys.stderr.write(f"xshim: cannot open trace {os.environ.get('XSHIM_TRACE')}: {e}\n")
         sink = None

@@ -17,7 +17,7 @@ import stat
 import struct
 import sys
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import ptrace as pt
 from .arch import Arch, host_arch
@@ -33,6 +33,9 @@ from .decide import (
     emulated_argv,
 )
 from .tracelog import TraceSink
+
+if TYPE_CHECKING:
+    import resource
 
 OPTIONS = (
     pt.PTRACE_O_TRACESECCOMP
@@ -132,6 +135,8 @@ class Supervisor:
             ) from None
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, self._forward)
+        if self.cfg.trace is not None:
+            self.cfg.trace.start(pid, argv)
         os.write(go_w, b"g")
         os.close(go_w)
         status = self._loop()
@@ -191,13 +196,20 @@ class Supervisor:
     # -- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> int:
+        # wait4 only when tracing: the same syscall, but the rusage object it builds on every
+        # stop is only worth making when an exit record will carry its CPU time.
+        with_usage = self.cfg.trace is not None
+        usage: resource.struct_rusage | None = None
         while True:
             try:
-                pid, status = os.waitpid(-1, pt.WALL)
+                if with_usage:
+                    pid, status, usage = os.wait4(-1, pt.WALL)
+                else:
+                    pid, status = os.waitpid(-1, pt.WALL)
             except ChildProcessError:
                 return 0
             if not os.WIFSTOPPED(status):
-                self._exited(pid, status)
+                self._exited(pid, status, usage)
                 if pid == self.main:
                     return status
                 continue
@@ -213,7 +225,10 @@ class Supervisor:
                         pt.cont(pid, sig)  # signal-delivery stop: deliver it
                 elif event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
                     if self.cfg.trace is not None:
-                        self.parent[pt.geteventmsg(pid)] = pid
+                        # The nearest ancestor that exec'd: a subshell that never execs has no
+                        # record of its own, so its children hang from its parent.
+                        self.parent[pt.geteventmsg(pid)] = (
+                            pid if pid in self.exec_time else self.parent.get(pid, pid))
                     pt.cont(pid)
                 elif event == pt.PTRACE_EVENT_EXEC:
                     # Success: nothing to restore. Resuming with CONT (not SYSCALL) also skips
@@ -242,15 +257,13 @@ class Supervisor:
         else:
             pt.cont(pid)
 
-    def _exited(self, pid: int, status: int) -> None:
+    def _exited(self, pid: int, status: int, usage: resource.struct_rusage | None) -> None:
         self.started.discard(pid)
         self.saved.pop(pid, None)
         self.parent.pop(pid, None)
         started = self.exec_time.pop(pid, None)
         if self.cfg.trace is not None and started is not None:
-            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-            self.cfg.trace.exit(pid, code, sig, time.monotonic() - started)
+            self.cfg.trace.exit(pid, status, time.monotonic() - started, usage)
 
     def _on_syscall_exit(self, pid: int) -> None:
         saved = self.saved.pop(pid, None)
