@@ -127,6 +127,7 @@ class Run:
     id: str
     argv: list[str] = field(default_factory=list)
     start: float | None = None
+    main: int | None = None  # the pid of the supervisor's command, from the start record
     last: float = 0.0  # the time of its last record
     roots: list[Proc] = field(default_factory=list)
     procs: list[Proc] = field(default_factory=list)
@@ -142,6 +143,10 @@ class Run:
     @property
     def wall(self) -> float:
         return max(0.0, self.last - self.begin)
+
+    @property
+    def main_proc(self) -> Proc | None:
+        return next((p for p in self.roots if p.pid == self.main), None)
 
 
 @dataclass
@@ -239,6 +244,7 @@ def assemble(records: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> 
         if event == "start":
             run.argv = [str(a) for a in rec.get("argv") or []]
             run.start = t
+            run.main = pid
         elif event == "exec":
             _on_exec(run, live, rec, t)
         else:

@@ -23,7 +23,7 @@ def fmt_s(seconds: float | None) -> str:
         return f"{seconds:.3f} s"
     if seconds < 600:
         return f"{seconds:.1f} s"
-    m, s = divmod(int(round(seconds)), 60)
+    m, s = divmod(round(seconds), 60)
     return f"{m}m{s:02d}s"
 
 
@@ -97,10 +97,15 @@ def proc_data(p: Proc, until: float, children: bool = True) -> dict[str, Any]:
 
 
 def total_cpu(trace: Trace) -> float:
-    """The CPU time of everything traced: each root's own rusage (it includes every descendant
-    that was waited for); a root that never exited counts as the sum of its subtree."""
+    """The CPU time of everything traced, as the kernel counted it for each run's command: its
+    rusage includes every descendant that was waited for. Runs without that (version 1 records,
+    a command with no exit record) count the roots' rusage, or the sum of their subtrees."""
     total = 0.0
     for run in trace.runs:
+        main = run.main_proc
+        if main is not None and main.cpu is not None:
+            total += main.cpu
+            continue
         for root in run.roots:
             if root.cpu is not None:
                 total += root.cpu

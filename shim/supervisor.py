@@ -225,10 +225,7 @@ class Supervisor:
                         pt.cont(pid, sig)  # signal-delivery stop: deliver it
                 elif event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
                     if self.cfg.trace is not None:
-                        # The nearest ancestor that exec'd: a subshell that never execs has no
-                        # record of its own, so its children hang from its parent.
-                        self.parent[pt.geteventmsg(pid)] = (
-                            pid if pid in self.exec_time else self.parent.get(pid, pid))
+                        self.parent[pt.geteventmsg(pid)] = pid
                     pt.cont(pid)
                 elif event == pt.PTRACE_EVENT_EXEC:
                     # Success: nothing to restore. Resuming with CONT (not SYSCALL) also skips
@@ -251,6 +248,9 @@ class Supervisor:
     def _on_stop(self, pid: int, sig: int) -> None:
         if pid not in self.started:
             self.started.add(pid)  # its first stop, from being attached: let it run
+            if self.cfg.trace is not None and pid not in self.parent:
+                # Its parent's fork event may come later than its own exec: ask the kernel now.
+                self.parent[pid] = _real_parent(pid)
             pt.cont(pid)
         elif sig in _GROUP_STOP_SIGNALS:
             pt.listen(pid)  # a real group-stop: stay stopped until SIGCONT, as without us
@@ -264,6 +264,16 @@ class Supervisor:
         started = self.exec_time.pop(pid, None)
         if self.cfg.trace is not None and started is not None:
             self.cfg.trace.exit(pid, status, time.monotonic() - started, usage)
+
+    def _traced_parent(self, pid: int) -> int:
+        """The nearest ancestor that has exec'd (0: none): a subshell that never execs has no
+        record of its own, so its children hang from its parent in the trace."""
+        p = self.parent.get(pid, 0)
+        for _ in range(64):
+            if p == 0 or p in self.exec_time:
+                break
+            p = self.parent.get(p, 0)
+        return p
 
     def _on_syscall_exit(self, pid: int) -> None:
         saved = self.saved.pop(pid, None)
@@ -320,7 +330,7 @@ class Supervisor:
                                         "arch": outcome.arch.name}
             if outcome.scripts:
                 extra["script"] = [s.interpreter.decode(errors="replace") for s in outcome.scripts]
-            trace.exec(pid, self.parent.get(pid, 0), path, argv, "emulate", **extra)
+            trace.exec(pid, self._traced_parent(pid), path, argv, "emulate", **extra)
         pt.cont_syscall(pid)
 
     def _leave_after_error(self, pid: int, path: bytes, argv_p: int, e: OSError) -> None:
@@ -606,7 +616,7 @@ class Supervisor:
             extra["arch"] = out.arch.name
         if out.decision == "refused":
             extra["available"] = sorted(self.cfg.emulators)
-        self.cfg.trace.exec(pid, self.parent.get(pid, 0), path, argv, out.decision, **extra)
+        self.cfg.trace.exec(pid, self._traced_parent(pid), path, argv, out.decision, **extra)
 
     def _warn_refused(self, path: bytes, out: _Leave) -> None:
         need = out.arch.name if out.arch else "unknown"
@@ -646,6 +656,16 @@ def guest_arch(path: bytes, root: str | None = None) -> Arch | None:
     if isinstance(kind, Foreign | Native):
         return kind.arch
     return None
+
+
+def _real_parent(pid: int) -> int:
+    """The parent pid /proc reports (field 4 of stat, after the parenthesised command), 0 if
+    unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def original_environ() -> dict[bytes, bytes] | None:
