@@ -31,10 +31,13 @@ def perfetto(trace: Trace) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
     for track, p in enumerate(_ordered(trace), 1):
         name = f"{p.program} [{p.pid}]" + (f" run {p.run}" if len(trace.runs) > 1 else "")
-        for meta, args in (("process_name", {"name": name}),
-                           ("process_sort_index", {"sort_index": track}),
-                           ("thread_name", {"name": p.program})):
-            events.append({"ph": "M", "name": meta, "pid": track, "tid": track, "args": args})
+        metadata: tuple[tuple[str, dict[str, Any]], ...] = (
+            ("process_name", {"name": name}),
+            ("process_sort_index", {"sort_index": track}),
+            ("thread_name", {"name": p.program}),
+        )
+        for meta, margs in metadata:
+            events.append({"ph": "M", "name": meta, "pid": track, "tid": track, "args": margs})
         end = p.end if p.end is not None else trace.end
         images = p.execs or p.attempts[-1:]
         for i, ex in enumerate(images):

@@ -133,15 +133,15 @@ def summary(trace: Trace, top: int = 10) -> dict[str, Any]:
     total = total_cpu(trace)
     by_prog: dict[str, dict[str, Any]] = {}
     for p in procs:
-        e = by_prog.setdefault(p.program, {"program": p.program, "count": 0, "cpu": 0.0,
-                                           "wall": 0.0})
-        e["count"] += 1
-        e["cpu"] += p.exclusive
-        e["wall"] += p.wall(trace.end)
-    for e in by_prog.values():
-        e["cpu"] = round(e["cpu"], 6)
-        e["wall"] = round(e["wall"], 6)
-        e["share"] = round(100 * e["cpu"] / total, 2) if total > 0 else 0.0
+        entry = by_prog.setdefault(p.program, {"program": p.program, "count": 0, "cpu": 0.0,
+                                               "wall": 0.0})
+        entry["count"] += 1
+        entry["cpu"] += p.exclusive
+        entry["wall"] += p.wall(trace.end)
+    for entry in by_prog.values():
+        entry["cpu"] = round(entry["cpu"], 6)
+        entry["wall"] = round(entry["wall"], 6)
+        entry["share"] = round(100 * entry["cpu"] / total, 2) if total > 0 else 0.0
     for a in arches.values():
         a["cpu"] = round(a["cpu"], 6)
     progs = list(by_prog.values())

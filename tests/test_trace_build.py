@@ -77,7 +77,14 @@ def _xshim(*args: str, cwd: Path) -> builders.Result:
     return builders.run(["xshim", *args], cwd=cwd, timeout=900)
 
 
-def make_context(ctx: Path) -> Path:
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / ".xshim"
+    _xshim("bundle", "--platform", PLATFORM, "-o", str(out), cwd=out.parent).check()
+    return out
+
+
+def make_context(ctx: Path, bundle: Path) -> Path:
     ctx.mkdir(parents=True)
     (ctx / "Dockerfile").write_text(DOCKERFILE)
     for name, text in SCRIPTS.items():
@@ -85,16 +92,16 @@ def make_context(ctx: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         path.chmod(0o755)
-    _xshim("bundle", "--platform", PLATFORM, "-o", str(ctx / ".xshim"), cwd=ctx).check()
+    subprocess.run(["cp", "-a", str(bundle), str(ctx / ".xshim")], check=True)
     _xshim("patch", "Dockerfile", "-o", "Dockerfile.xshim", "--bundle", ".xshim",
            cwd=ctx).check()  # fmt: skip
     return ctx
 
 
 def test_failing_build_log_names_the_failing_script(
-    dockerd: builders.Dockerd, tmp_path: Path
+    dockerd: builders.Dockerd, bundle: Path, tmp_path: Path
 ) -> None:
-    ctx = make_context(tmp_path / "ctx")
+    ctx = make_context(tmp_path / "ctx", bundle)
     r = dockerd.build(ctx, ctx / "Dockerfile.xshim", "xshim-test/trace:failing",
                       build_args={"XSHIM_TRACE": "log"})
     assert r.returncode != 0 and "returned a non-zero code: 3" in r.output, r.output[-3000:]
@@ -121,8 +128,10 @@ def test_failing_build_log_names_the_failing_script(
     assert "dpkg" not in failed  # the RUN step that succeeded is not on a failing path
 
 
-def test_trace_leaves_nothing_in_the_image(dockerd: builders.Dockerd, tmp_path: Path) -> None:
-    ctx = make_context(tmp_path / "ctx")
+def test_trace_leaves_nothing_in_the_image(
+    dockerd: builders.Dockerd, bundle: Path, tmp_path: Path
+) -> None:
+    ctx = make_context(tmp_path / "ctx", bundle)
     (ctx / "Dockerfile").write_text(DOCKERFILE.replace("RUN /ci/build.sh\n", ""))
     _xshim("patch", "Dockerfile", "-o", "Dockerfile.xshim", "--bundle", ".xshim",
            cwd=ctx).check()  # fmt: skip
