@@ -85,7 +85,8 @@ def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--trace",
         metavar="T",
-        help="trace every exec: a file path (JSON lines), or 'stderr'/'1' for readable lines "
+        help="trace every exec: a file path (JSON lines), 'stderr'/'1' for readable lines, or "
+        "'log' for marked JSON lines on stderr; read them with 'xshim trace' "
         "(default: $XSHIM_TRACE)",
     )
     p.add_argument("--workdir", "-w", metavar="DIR", default="/",
@@ -152,7 +153,8 @@ made by 'xshim bundle'. copy mode (default, works with every builder) copies the
 after FROM and removes it, restoring /bin/sh, at the end of the stage; mount mode (BuildKit,
 buildah, podman) bind-mounts it into each RUN. Every other byte is left as it was, and patching
 a patched file changes nothing. The patched file goes to stdout unless -o is given; add
---build-arg XSHIM_TRACE=1 to the build to see every exec translation.
+--build-arg XSHIM_TRACE=1 to the build to see every exec translation, or XSHIM_TRACE=log to
+make the saved build log a trace for 'xshim trace'.
 """
 
 

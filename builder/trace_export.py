@@ -142,9 +142,10 @@ def svg(trace: Trace, title: str = "xshim trace") -> str:
         label = short_argv(p.last.argv, p.last.path, limit=200)
         tip = (f"{label}\npid {p.pid}, {fmt_s(end - p.start)} wall, "
                f"cpu {fmt_s(p.cpu)}, {outcome(p)}")
+        # A white edge separates neighbours; on a bar a few pixels wide it would hide the bar.
+        edge = ' stroke="#ffffff" stroke-width="0.5"' if w > 4 else ""
         out.append(f'<g><title>{escape(tip)}</title><rect x="{x:.2f}" y="{y}" width="{w:.2f}" '
-                   f'height="{ROW - 3}" rx="2" fill="{_colour(p)}" stroke="#ffffff" '
-                   'stroke-width="0.5"/>')
+                   f'height="{ROW - 3}" rx="{2 if w > 4 else 0}" fill="{_colour(p)}"{edge}/>')
         room = int((w - 6) / 6.3)
         if room >= 3:
             text = label if len(label) <= room else label[: room - 1] + "…"
@@ -158,12 +159,13 @@ def svg(trace: Trace, title: str = "xshim trace") -> str:
 def _legend_and_axis(trace: Trace, t0: float, span: float, scale: float,
                      height: int) -> list[str]:  # fmt: skip
     out = []
-    x = LEFT + 260
-    for key, text in (("emulate", "emulated"), ("native", "native"), ("failed", "exit ≠ 0"),
-                      ("signal", "killed by a signal"), ("unfinished", "no exit record")):
+    legend = (("emulate", "emulated"), ("native", "native"), ("failed", "exit ≠ 0"),
+              ("signal", "killed by a signal"), ("unfinished", "no exit record"))
+    x = WIDTH - LEFT - sum(28 + 6 * len(text) for _, text in legend)  # right-aligned
+    for key, text in legend:
         out.append(f'<rect x="{x}" y="8" width="12" height="12" fill="{COLOURS[key]}"/>')
         out.append(f'<text x="{x + 16}" y="18">{escape(text)}</text>')
-        x += 28 + 7 * len(text)
+        x += 28 + 6 * len(text)
     procs = len(trace.procs)
     out.append(f'<text x="{LEFT}" y="36" fill="#444444">{procs} processes, '
                f'{fmt_s(span)} from first to last record; hover a bar for its command</text>')
@@ -173,17 +175,17 @@ def _legend_and_axis(trace: Trace, t0: float, span: float, scale: float,
         xx = LEFT + t * scale
         out.append(f'<line x1="{xx:.2f}" y1="{TOP - 6}" x2="{xx:.2f}" y2="{height - 20}" '
                    'stroke="#e4e4e4"/>')
-        out.append(f'<text x="{xx + 2:.2f}" y="{TOP - 8}" fill="#666666">{_tick_label(t)}'
-                   '</text>')
+        out.append(f'<text x="{xx + 2:.2f}" y="{TOP - 8}" fill="#666666">'
+                   f'{_tick_label(t, span)}</text>')
         t += step
     return out
 
 
-def _tick_label(t: float) -> str:
-    if t == 0:
-        return "0"
-    if t < 1:
+def _tick_label(t: float, span: float) -> str:
+    """One unit along the whole axis: ms, s, or m:ss."""
+    if span >= 120:
+        m, s = divmod(round(t), 60)
+        return f"{m}:{s:02d}"
+    if span < 2:
         return f"{t * 1000:.0f} ms"
-    if t < 120:
-        return f"{t:g} s"
-    return f"{t / 60:g} min"
+    return f"{t:g} s"

@@ -12,6 +12,7 @@ I/O edge. The record format is described in ``shim/tracelog.py``.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -301,8 +302,8 @@ def _signame(sig: int) -> str:
 
 
 def read_files(paths: Sequence[str]) -> Trace:
-    """Read every file (``-`` is stdin) and assemble one trace; InputError when a file cannot be
-    read, holds a malformed record, or holds no records at all."""
+    """Read every file (``-`` is stdin, ``*.gz`` is decompressed) and assemble one trace;
+    InputError when a file cannot be read, holds a malformed record, or holds no records."""
     if not paths:
         raise InputError("no trace file given", _HINT)
     records: list[dict[str, Any]] = []
@@ -310,11 +311,15 @@ def read_files(paths: Sequence[str]) -> Trace:
         try:
             if path == "-":
                 text = sys.stdin.read()
+            elif path.endswith(".gz"):  # CI keeps its logs and artefacts compressed
+                with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+                    text = f.read()
             else:
                 with open(path, encoding="utf-8", errors="replace") as f:
                     text = f.read()
-        except OSError as e:
-            raise InputError(f"cannot read trace {path!r}: {e.strerror}", _HINT) from None
+        except (OSError, EOFError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise InputError(f"cannot read trace {path!r}: {why}", _HINT) from None
         found = parse(text, path)
         if not found:
             raise InputError(f"{path}: no xshim trace records in it", _HINT)

@@ -24,7 +24,8 @@ from xshim.shim.tracelog import MARK, TraceSink
 TRACES = Path(__file__).resolve().parent / "traces"
 RUN_TRACE = TRACES / "dpkg-reconfigure.jsonl"  # xshim run --trace, dpkg-reconfigure of 3 packages
 BUILD_LOG = TRACES / "failing-build.log"  # docker build (legacy builder), XSHIM_TRACE=log
-ALL = [RUN_TRACE, BUILD_LOG]
+SECOND_STAGE = TRACES / "debootstrap-second-stage.jsonl.gz"  # xshim run --trace, 1158 processes
+ALL = [RUN_TRACE, BUILD_LOG, SECOND_STAGE]
 
 
 def load(path: Path) -> Trace:
@@ -82,6 +83,14 @@ def test_summary_of_the_run_trace() -> None:
     assert top[0]["program"] == "dpkg-reconfigure"  # perl, the busiest program
     counts = {e["program"]: e["count"] for e in s["top_count"]}
     assert counts["dpkg-query"] >= 6
+
+
+def test_summary_of_the_second_stage() -> None:
+    s = summary(load(SECOND_STAGE))
+    assert (s["processes"], s["decisions"]["emulate"]) == (1158, 1159)
+    assert s["top_cpu"][0]["program"] == "dpkg-deb"  # unpacking: xz inside dpkg-deb
+    assert s["top_count"][0] == {**s["top_count"][0], "program": "dpkg-deb", "count": 189}
+    assert s["failed"] > 100  # grep -q misses and dpkg-split probes: failures that are normal
 
 
 # --- tree and slow --------------------------------------------------------------------------------
