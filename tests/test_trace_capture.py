@@ -77,6 +77,8 @@ def test_exits_carry_cpu_time_and_signal_deaths_say_whether_the_guest_faulted(
     assert (native["signame"], native["guest_fault"]) == ("SIGSEGV", False)
     for x in exits.values():
         assert x["cpu"] > 0 and abs(x["user"] + x["sys"] - x["cpu"]) < 2e-6 and x["maxrss"] > 0
+    readable = xrun(tree, "/opt/segv", "stderr")
+    assert "killed by SIGSEGV (guest fault: qemu's uncaught target signal)" in readable.stderr
     # uname ran in a subshell that never exec'd: its parent in the trace is the shell.
     shell = execs["/bin/sh"]["pid"]
     assert shell == start["pid"] and execs["/usr/bin/uname"]["ppid"] == shell
