@@ -303,9 +303,9 @@ examples:
 
 FILE is a JSONL trace (XSHIM_TRACE=FILE, xshim run --trace FILE) or a saved build log of a build
 run with --build-arg XSHIM_TRACE=log (docker, BuildKit with --progress=plain, buildah, podman);
-several files are read as one trace, - is stdin. Add --build-arg XSHIM_TRACE_HASH=1 for the
-sha256 of every program run. Exits 2 naming the file and line when a file holds no records or a
-malformed one.
+several files are read as one trace, - is stdin, FILE.gz is decompressed. XSHIM_TRACE=log+hash
+(XSHIM_TRACE_HASH=1 outside a build) adds the sha256 of every program run. Exits 2 naming the
+file and line when a file holds no records or a malformed one.
 """
 
 TRACE_VIEWS = {
@@ -337,7 +337,8 @@ def _parse_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             v.add_argument("--format", choices=["perfetto", "svg"], default="perfetto",
                            help="perfetto: Chrome Trace Event JSON; svg: a picture")
         else:
-            v.add_argument("--format", choices=["text", "json"], default="text")
+            v.add_argument("--format", choices=["text", "json"], default="text",
+                           help="text for people, json for CI (default: text)")
         v.add_argument("-o", "--output", metavar="OUT",
                        help="write here (atomically) instead of stdout")
         if name == "tree":
