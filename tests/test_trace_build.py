@@ -55,22 +55,42 @@ gzip -t "$archive.part" || { echo "verify-archive: $archive.part is corrupt" >&2
 
 
 @pytest.fixture(scope="module")
-def dockerd() -> Iterator[builders.Dockerd]:
+def _builders() -> Iterator[None]:
     if os.geteuid() != 0:
-        pytest.skip("dockerd needs root")
+        pytest.skip("dockerd and buildah with chroot isolation need root")
     with builders.exclusive():
-        try:
-            d = builders.start_dockerd()
-        except builders.BuilderUnavailable as e:
-            pytest.skip(f"dockerd cannot run here: {e}")
-        try:
-            archive = builders.base_archive(builders.finished_tree(), tag=BASE_TAG,
-                                            platform=PLATFORM, config=builders.base_config())
-            d.load(archive)
-            yield d
-        finally:
-            d.prune("xshim-test/")
-            d.stop()
+        yield
+
+
+@pytest.fixture(scope="module")
+def base_archive() -> Path:
+    return builders.base_archive(builders.finished_tree(), tag=BASE_TAG, platform=PLATFORM,
+                                 config=builders.base_config())
+
+
+@pytest.fixture(scope="module")
+def dockerd(_builders: None, base_archive: Path) -> Iterator[builders.Dockerd]:
+    try:
+        d = builders.start_dockerd()
+    except builders.BuilderUnavailable as e:
+        pytest.skip(f"dockerd cannot run here: {e}")
+    try:
+        d.load(base_archive)
+        yield d
+    finally:
+        d.prune("xshim-test/")
+        d.stop()
+
+
+@pytest.fixture(scope="module")
+def buildah(_builders: None, base_archive: Path) -> Iterator[builders.Buildah]:
+    try:
+        b = builders.start_buildah()
+    except builders.BuilderUnavailable as e:
+        pytest.skip(f"buildah cannot run here: {e}")
+    b.load(base_archive, BASE_TAG)
+    yield b
+    b.prune("xshim-test/")
 
 
 def _xshim(*args: str, cwd: Path) -> builders.Result:
@@ -98,13 +118,23 @@ def make_context(ctx: Path, bundle: Path) -> Path:
     return ctx
 
 
+@pytest.mark.parametrize("name", ["docker", "buildah"])
 def test_failing_build_log_names_the_failing_script(
-    dockerd: builders.Dockerd, bundle: Path, tmp_path: Path
+    request: pytest.FixtureRequest, name: str, bundle: Path, tmp_path: Path
 ) -> None:
+    """docker's legacy builder colours a step's stderr; buildah prints it plain."""
     ctx = make_context(tmp_path / "ctx", bundle)
-    r = dockerd.build(ctx, ctx / "Dockerfile.xshim", "xshim-test/trace:failing",
-                      build_args={"XSHIM_TRACE": "log"})
-    assert r.returncode != 0 and "returned a non-zero code: 3" in r.output, r.output[-3000:]
+    args = {"XSHIM_TRACE": "log"}
+    tag = f"xshim-test/trace:failing-{name}"
+    if name == "docker":
+        r = request.getfixturevalue("dockerd").build(ctx, ctx / "Dockerfile.xshim", tag,
+                                                     build_args=args)
+        said = "returned a non-zero code: 3"
+    else:
+        r = request.getfixturevalue("buildah").build(ctx, ctx / "Dockerfile.xshim", tag,
+                                                     platform=PLATFORM, build_args=args)
+        said = "exit status 3"
+    assert r.returncode != 0 and said in r.output, r.output[-3000:]
     log = tmp_path / "build.log"
     log.write_text(r.output)
 
