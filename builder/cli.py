@@ -325,6 +325,12 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     ))
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def _parse_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = _add(sub, "trace", "read exec traces: what a foreign build ran, where its time went, "
              "why it failed", TRACE_EPILOG, _cmd_trace)
@@ -345,7 +351,7 @@ def _parse_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             v.add_argument("--failed", action="store_true",
                            help="only the paths from the root to each failing or signalled process")
         if name in ("slow", "summary"):
-            v.add_argument("-n", type=int, default=10, metavar="N",
+            v.add_argument("-n", type=_positive, default=10, metavar="N",
                            help="how many to list (default: 10)")
 
 
