@@ -1,14 +1,11 @@
-"""``xshim bundle``: the self-contained, host-native shim bundle (see notes/bundle-contract.md).
+"""``xshim bundle``: the self-contained, host-native shim bundle.
 
-Layout of the output directory, which is meant to sit at PREFIX inside an image:
-
-  bin/sh                     the frozen shim (PyInstaller bootloader); PT_INTERP is
-                             PREFIX/lib/<ld.so>, DT_RPATH PREFIX/lib:PREFIX/bin/_internal
-  bin/xshim-{exec,install,restore} -> sh
-  bin/_internal/...          PyInstaller's payload: libpython, stdlib, extension modules
-  lib/<ld.so>, lib/*.so*     the host loader and every host library the above need
-  qemu/qemu-<target>-static  the emulators
-  manifest.json              version, host arch, prefix, platforms; path, role, size, sha256
+The layout of the output directory, which is meant to sit at PREFIX inside an image, and its
+manifest are the bundle contract: shim/layout.py, described in docs/bundle-contract.md. bin/sh
+is the frozen shim (PyInstaller bootloader) with PT_INTERP PREFIX/lib/<ld.so> and DT_RPATH
+PREFIX/lib:PREFIX/bin/_internal. Every file gets a fixed mode (0755 for programs and libraries,
+0644 for data, 0755 for directories), whatever the umask, so that the manifest's modes are the
+same on every machine.
 
 The closure of host libraries comes from DT_NEEDED, read from the files themselves (no ldd:
 ldd runs the loader, and would answer for this host's environment, not the image's). Every
@@ -24,53 +21,23 @@ a reader sees the old bundle or the new one, never a half-built one.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from ..shim import arch as archmod
-from ..shim.arch import Arch, UnknownPlatformError
+from ..shim import layout as L
+from ..shim.arch import Arch
+from ..shim.layout import Entry, Manifest
 from ..shim.version import __version__
 from . import elf, freeze
-from .errors import InputError, XshimError
+from .errors import BundleError, InputError, bad_platform
 
 log = logging.getLogger("xshim")
-
-DEFAULT_PREFIX = "/.xshim"
-DEFAULT_OUTPUT = ".xshim"
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
-ENTRY_LINKS = ("xshim-exec", "xshim-install", "xshim-restore")
-# Runtime state the shim writes inside the image (xshim-install keeps the original /bin/sh
-# there); not part of what was built, so not in the manifest.
-RUNTIME_DIRS = ("guest",)
-
-
-class BundleError(XshimError):
-    """The bundle could not be assembled."""
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    path: str  # relative, POSIX
-    role: str  # shim, link, payload, loader, library, emulator, manifest
-    size: int = 0
-    sha256: str = ""
-    target: str = ""  # for links
-
-    def to_json(self) -> dict[str, Any]:
-        if self.role == "link":
-            return {"path": self.path, "role": self.role, "target": self.target}
-        if self.role == "manifest":
-            return {"path": self.path, "role": self.role}
-        return {"path": self.path, "role": self.role, "size": self.size, "sha256": self.sha256}
 
 
 def check_prefix(prefix: str) -> str:
@@ -78,11 +45,11 @@ def check_prefix(prefix: str) -> str:
     p = PurePosixPath(prefix)
     if not p.is_absolute() or ".." in p.parts or str(p) == "/":
         raise InputError(f"--prefix {prefix!r}: must be an absolute path below /",
-                         "use e.g. --prefix /.xshim")
+                         f"use e.g. --prefix {L.DEFAULT_PREFIX}")
     if any(c in prefix for c in ":\n\0"):
         # ':' separates DT_RUNPATH entries; the others can't be in a path the loader reads.
         raise InputError(f"--prefix {prefix!r}: may not contain ':' or control characters",
-                         "use e.g. --prefix /.xshim")
+                         f"use e.g. --prefix {L.DEFAULT_PREFIX}")
     return str(p)
 
 
@@ -95,8 +62,8 @@ def parse_platforms(values: Iterable[str]) -> list[Arch]:
                 continue
             try:
                 a = archmod.from_platform(item)
-            except UnknownPlatformError as e:
-                raise InputError(str(e), "use e.g. --platform linux/arm64,linux/arm/v7") from None
+            except archmod.UnknownPlatformError as e:
+                raise bad_platform(e) from None
             if a not in out:
                 out.append(a)
     if not out:
@@ -116,8 +83,8 @@ def _check_output(out: Path) -> None:
     """Refuse to replace anything that is not a bundle: the rename would destroy it."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise InputError(f"{out}: exists and is not a directory", "choose another -o DIR")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise InputError(f"{out}: exists, is not empty and holds no {MANIFEST}, so it is not an "
+    if out.is_dir() and any(out.iterdir()) and not (out / L.MANIFEST).is_file():
+        raise InputError(f"{out}: exists, is not empty and holds no {L.MANIFEST}, so it is not an "
                          "xshim bundle; refusing to replace it", "choose another -o DIR")
 
 
@@ -125,11 +92,11 @@ def build_bundle(
     out: str | os.PathLike[str],
     platforms: Sequence[str | Arch],
     *,
-    prefix: str = DEFAULT_PREFIX,
+    prefix: str = L.DEFAULT_PREFIX,
     qemu: Sequence[str | os.PathLike[str]] = (),
     cache: Path | None = None,
     rebuild: bool = False,
-) -> dict[str, Any]:
+) -> Manifest:
     """Build the bundle into ``out`` (replacing an older bundle there); return the manifest."""
     from . import qemu as qemumod
 
@@ -152,9 +119,9 @@ def build_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    total = sum(int(f.get("size", 0)) for f in manifest["files"])
+    total = sum(e.size for e in manifest.entries)
     log.info("bundle for %s at %s (prefix %s): %d files, %.1f MB",
-             ", ".join(a.platform for a in arches), target, prefix, len(manifest["files"]),
+             ", ".join(a.platform for a in arches), target, prefix, len(manifest.entries),
              total / 1e6)
     return manifest
 
@@ -176,17 +143,17 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def _assemble(root: Path, frozen: Path, emulators: dict[str, Path], arches: Sequence[Arch],
-              prefix: str, host: Arch) -> dict[str, Any]:
-    bindir, libdir, qdir = root / "bin", root / "lib", root / "qemu"
+              prefix: str, host: Arch) -> Manifest:
+    bindir, libdir, qdir = root / L.BIN, root / L.LIB, root / L.QEMU
     bindir.mkdir()
-    shutil.copy2(frozen / freeze.NAME, bindir / freeze.NAME)
-    shutil.copytree(frozen / freeze.CONTENTS, bindir / freeze.CONTENTS, symlinks=True)
+    shutil.copy2(frozen / freeze.NAME, root / L.SHIM)
+    shutil.copytree(frozen / freeze.CONTENTS, root / L.PAYLOAD, symlinks=True)
     libdir.mkdir()
     qdir.mkdir()
-    for name in ENTRY_LINKS:
-        os.symlink(freeze.NAME, bindir / name)
+    for name in L.ENTRY_LINKS:
+        os.symlink(L.SHIM_NAME, bindir / name)
 
-    shim = bindir / freeze.NAME
+    shim = root / L.SHIM
     shim_info = elf.read_elf_file(shim)
     if shim_info.interp is None:
         raise BundleError(f"{shim}: the PyInstaller bootloader has no PT_INTERP",
@@ -205,10 +172,24 @@ def _assemble(root: Path, frozen: Path, emulators: dict[str, Path], arches: Sequ
             shutil.copy2(em, dest)
             os.chmod(dest, 0o755)
 
-    search = [libdir, bindir / freeze.CONTENTS]
+    search = [libdir, root / L.PAYLOAD]
     _collect_libraries(root, search, libdir, loader_soname, host)
     _patch_all(root, prefix, loader_name, search)
+    _fix_modes(root)
     return _write_manifest(root, prefix, host, arches, loader_name)
+
+
+def _fix_modes(root: Path) -> None:
+    """Fixed permission bits, whatever the umask or the sources': the manifest records them."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, L.DIR_MODE)
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                continue
+            executable = os.stat(full).st_mode & 0o111 or elf.is_elf_file(Path(full))
+            os.chmod(full, L.EXEC_MODE if executable else L.DATA_MODE)
+        del dirnames  # os.walk descends into every directory, symlinked ones excepted
 
 
 def _elf_files(root: Path) -> list[Path]:
@@ -268,10 +249,10 @@ def _patch_all(root: Path, prefix: str, loader_name: str, search: Sequence[Path]
     one patch per program covers the whole tree, and the libraries are left byte-identical
     unless they carry a host search path of their own, which is removed.
     """
-    loader_path = f"{prefix}/lib/{loader_name}"
+    loader_path = L.Layout(prefix).path(f"{L.LIB}/{loader_name}")
     rpath = ":".join(f"{prefix}/{d.relative_to(root).as_posix()}" for d in search)
     for path in _elf_files(root):
-        if path == root / "lib" / loader_name:
+        if path == root / L.LIB / loader_name:
             continue
         info = elf.read_elf_file(path)
         interp = loader_path if info.interp not in (None, loader_path) else None
@@ -290,46 +271,52 @@ def _patch_all(root: Path, prefix: str, loader_name: str, search: Sequence[Path]
 
 
 def _role(rel: str, loader_name: str) -> str:
-    if rel == f"bin/{freeze.NAME}":
+    if rel == L.SHIM:
         return "shim"
-    if rel.startswith("bin/"):
+    if rel.startswith(f"{L.BIN}/"):
         return "payload"
-    if rel == f"lib/{loader_name}":
+    if rel == f"{L.LIB}/{loader_name}":
         return "loader"
-    if rel.startswith("lib/"):
+    if rel.startswith(f"{L.LIB}/"):
         return "library"
-    if rel.startswith("qemu/"):
+    if rel.startswith(f"{L.QEMU}/"):
         return "emulator"
     raise BundleError(f"unexpected file in the bundle: {rel}")
 
 
 def _write_manifest(root: Path, prefix: str, host: Arch, arches: Sequence[Arch],
-                    loader_name: str) -> dict[str, Any]:
-    entries: list[FileEntry] = []
+                    loader_name: str) -> Manifest:
+    entries: list[Entry] = []
+    dirs: list[Entry] = [Entry(L.GUEST, "runtime", mode=L.DIR_MODE)]
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        for name in sorted(filenames + [d for d in dirnames if os.path.islink(
-                os.path.join(dirpath, d))]):
-            full = Path(dirpath) / name
+        here = Path(dirpath)
+        for d in dirnames:
+            if not (here / d).is_symlink():
+                rel = (here / d).relative_to(root).as_posix()
+                dirs.append(Entry(rel, "dir", mode=(here / d).lstat().st_mode & 0o7777))
+        for name in sorted(filenames + [d for d in dirnames if (here / d).is_symlink()]):
+            full = here / name
             rel = full.relative_to(root).as_posix()
             st = full.lstat()
             if stat.S_ISLNK(st.st_mode):
-                entries.append(FileEntry(rel, "link", target=os.readlink(full)))
+                entries.append(Entry(rel, "link", target=os.readlink(full)))
             else:
-                entries.append(FileEntry(rel, _role(rel, loader_name), st.st_size,
-                                         sha256_file(full)))
-    entries.append(FileEntry(MANIFEST, "manifest"))
-    emulators = {a.name: f"qemu/{a.qemu_static}" for a in arches
-                 if (root / "qemu" / a.qemu_static).exists()}
-    manifest: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
-        "xshim_version": __version__,
-        "host_arch": host.name,
-        "prefix": prefix,
-        "platforms": [a.platform for a in arches],
-        "emulators": emulators,
-        "loader": f"lib/{loader_name}",
-        "files": [e.to_json() for e in sorted(entries, key=lambda e: e.path)],
-    }
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+                entries.append(Entry(rel, _role(rel, loader_name), st.st_size, sha256_file(full),
+                                     st.st_mode & 0o7777))
+    entries.append(Entry(L.MANIFEST, "manifest"))
+    emulators = {a.name: f"{L.QEMU}/{a.qemu_static}" for a in arches
+                 if (root / L.QEMU / a.qemu_static).exists()}
+    manifest = Manifest(
+        prefix=prefix,
+        host_arch=host.name,
+        platforms=tuple(a.platform for a in arches),
+        emulators=emulators,
+        loader=f"{L.LIB}/{loader_name}",
+        entries=tuple(sorted(entries, key=lambda e: e.path)),
+        dirs=tuple(sorted(dirs, key=lambda e: e.path)),
+        xshim_version=__version__,
+    )
+    (root / L.MANIFEST).write_text(manifest.dumps())
+    os.chmod(root / L.MANIFEST, L.DATA_MODE)
     return manifest

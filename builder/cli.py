@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from ..shim import layout, sigstate
+from ..shim.errors import ShimError
 from ..shim.version import __version__
 from .errors import XshimError
 
@@ -241,10 +243,11 @@ def _parse_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
              BUNDLE_EPILOG, _cmd_bundle)
     p.add_argument("--platform", action="append", required=True, metavar="P[,P...]",
                    help="target platforms, e.g. linux/arm64,linux/arm/v7 (repeatable)")
-    p.add_argument("-o", "--output", default=".xshim", metavar="DIR",
-                   help="where to write the bundle (default: .xshim)")
-    p.add_argument("--prefix", default="/.xshim",
-                   help="where the bundle will sit inside the image (default: /.xshim)")
+    p.add_argument("-o", "--output", default=layout.DEFAULT_DIR, metavar="DIR",
+                   help=f"where to write the bundle (default: {layout.DEFAULT_DIR})")
+    p.add_argument("--prefix", default=layout.DEFAULT_PREFIX,
+                   help=f"where the bundle will sit inside the image (default: "
+                   f"{layout.DEFAULT_PREFIX})")
     p.add_argument("--qemu", action="append", default=[], metavar="PATH",
                    help="an emulator to bundle, named qemu-<target>[-static] (repeatable)")
     p.add_argument("--rebuild", action="store_true",
@@ -384,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    sigstate.original()  # the caller's signal state, before anything installs a handler
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
@@ -392,13 +396,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except XshimError as e:
-        print(f"xshim: error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
+        return _report(e.message, e.hint, e.exit_code, args.verbose)
+    except ShimError as e:
+        return _report(e.message, e.hint, 1, args.verbose)
     except KeyboardInterrupt:
         print("xshim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (xshim patch ... | head): like any filter, stop.
+        _quiet_stdout()
+        return 1
+    except OSError as e:
+        return _report(_describe_os_error(e), None, 1, args.verbose)
+    except Exception as e:
+        return _report(f"internal error: {type(e).__name__}: {e}",
+                       None if args.verbose else "run with -v to see where it happened",
+                       1, args.verbose)
+
+
+def _report(message: str, hint: str | None, code: int, verbose: bool) -> int:
+    if verbose:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+    print(f"xshim: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    return code
+
+
+def _describe_os_error(e: OSError) -> str:
+    what = e.strerror or str(e)
+    names = [str(n) for n in (e.filename, e.filename2) if n is not None]
+    return f"{': '.join(names)}: {what}" if names else what
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush has nowhere to fail."""
+    import os
+
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ..shim import arch as archmod
+from ..shim import layout
 from .dockerfile_lex import (
     Instruction,
     Lexed,
@@ -52,8 +53,8 @@ from .dockerfile_shell import ShellError, ShellLex
 from .errors import InputError, SourceError
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
-DEFAULT_PREFIX = "/.xshim"
-DEFAULT_BUNDLE = ".xshim"
+DEFAULT_PREFIX = layout.DEFAULT_PREFIX
+DEFAULT_BUNDLE = layout.DEFAULT_DIR
 TRACE_ARG = "XSHIM_TRACE"
 # Where BuildKit mounts the script of a ``RUN <<EOF`` whose body starts with ``#!``.
 HEREDOC_PIPES = "/dev/pipes"
@@ -349,7 +350,7 @@ def _has_our_mount(ins: Instruction, prefix: str) -> bool:
 
 def _is_ours(ins: Instruction, prefix: str) -> bool:
     """Whether a RUN already goes through the bundle."""
-    if ins.json and ins.json[0].startswith(prefix.rstrip("/") + "/bin/"):
+    if ins.json and ins.json[0].startswith(layout.Layout(prefix).bin_dir + "/"):
         return True
     return _has_our_mount(ins, prefix)
 
@@ -407,8 +408,9 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Plan,
                                 f"{stage.label} runs on {stage.platform} but has no RUN: "
                                 "nothing to do"))
         return False
-    installed = any(r.json and r.json[0] == f"{prefix}/bin/xshim-install" for r in runs)
-    restored = any(r.json and r.json[0] == f"{prefix}/bin/xshim-restore" for r in runs)
+    bundle = layout.Layout(prefix)
+    installed = any(r.json and r.json[0] == bundle.install for r in runs)
+    restored = any(r.json and r.json[0] == bundle.restore for r in runs)
     mounted = any(_has_our_mount(r, prefix) for r in runs)
     if options.mode is Mode.MOUNT and (installed or restored):
         raise _source_error(filename, frm.line, f"{stage.label} is already patched in copy mode",
@@ -430,7 +432,7 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Plan,
         if not _is_root(parent_user):
             head.append(f"{style.kw('USER')} root")
         head.append(f"{style.kw('COPY')} {options.bundle} {prefix}")
-        head.append(_render_run(style.kw("RUN"), [], [f"{prefix}/bin/xshim-install"]))
+        head.append(_render_run(style.kw("RUN"), [], [bundle.install]))
         if not _is_root(parent_user):
             head.append(f"{style.kw('USER')} {parent_user}")
     if head:
@@ -457,7 +459,7 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Plan,
         if not _is_root(user):
             tail.append(f"{style.kw('USER')} root")
         tail.append(_render_run(style.kw("RUN"), [],
-                                [f"{prefix}/bin/xshim-restore", "--remove-bundle"]))
+                                [bundle.restore, "--remove-bundle"]))
         if not _is_root(user):
             tail.append(f"{style.kw('USER')} {user}")
         last = stage.members[-1] if stage.members else stage.from_index
@@ -473,8 +475,8 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Plan,
 def _rewrite_run(ins: Instruction, shell: tuple[str, ...] | None, options: Options,
                  prefix: str) -> str | None:
     """The replacement for one RUN of a foreign stage, or None to keep it as written."""
-    exec_ = f"{prefix}/bin/xshim-exec"
-    sh = f"{prefix}/bin/sh"
+    exec_ = layout.Layout(prefix).exec
+    sh = layout.Layout(prefix).shim
     custom = shell is not None and tuple(shell) != DEFAULT_SHELL
     mount = options.mode is Mode.MOUNT
     flags = [_mount_flag(options)] if mount else []

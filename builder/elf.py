@@ -28,22 +28,13 @@ from elftools.elf.segments import InterpSegment
 
 from ..shim import arch as archmod
 from ..shim.arch import Arch, ElfIdent, NotElfError
-from .errors import XshimError
+from .errors import ElfFormatError
 from .fsutil import write_atomic
 
 # glibc's built-in trusted directories (after ld.so.conf) for the 64-bit and 32-bit layouts.
 SYSTEM_DIRS = ("/lib64", "/usr/lib64", "/lib", "/usr/lib")
 LD_SO_CONF = Path("/etc/ld.so.conf")
 _ORIGIN = re.compile(r"\$(ORIGIN\b|\{ORIGIN\})")
-
-
-class ElfFormatError(XshimError):
-    """A file that claims to be ELF but can't be read as one."""
-
-    def __init__(self, name: str, why: str) -> None:
-        super().__init__(f"{name}: not a readable ELF file ({why})",
-                         "replace the file with an intact copy")
-        self.name = name
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,21 @@
-"""Typed errors: each names what went wrong and what to do about it.
+"""The builder's errors: each names what went wrong and what to do about it.
 
-The CLI prints ``xshim: error: <message>`` and, on the next line, ``hint: <hint>``, then exits
-with the error's ``exit_code``: 2 for bad input or usage (nothing was written), 1 for a failure of
-the work itself, 3 for a missing tool or privilege.
+Every error the builder raises on purpose is an ``XshimError``, and the three kinds of failure
+are its subclasses here: ``InputError`` (bad input or usage, exit 2, nothing written; with a
+place in a file: ``SourceError``), ``MissingToolError``/``PrivilegeError`` (exit 3) and the work
+itself failing (exit 1: ``ToolFailedError``, ``BundleError``, ``FreezeError``, ...). Modules that
+talk to one outside system keep their own specific subclasses beside the code that raises them
+(``qemu.MissingEmulatorError``, ``debian.ArchiveError`` and its kinds); they derive from these.
+The shim's errors derive from ``shim.errors.ShimError`` (the shim never imports the builder).
+
+``cli.main`` is the one boundary: it prints ``xshim: error: <message>`` and, on the next line,
+``hint: <hint>``, then exits with the error's ``exit_code``. Anything else that escapes (an
+``OSError``, a bug) is reported the same way with exit 1, and its traceback only with ``-v``.
 """
 
 from __future__ import annotations
+
+from ..shim.arch import ARCHES, UnknownPlatformError
 
 
 class XshimError(Exception):
@@ -71,3 +81,38 @@ class ToolFailedError(XshimError):
         super().__init__(msg)
         self.argv = argv
         self.returncode = returncode
+
+
+class BundleError(XshimError):
+    """The bundle could not be assembled."""
+
+
+class FreezeError(XshimError):
+    """PyInstaller could not freeze the shim."""
+
+
+class ElfFormatError(XshimError):
+    """A file that claims to be ELF but can't be read as one."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"{name}: not a readable ELF file ({why})",
+                         "replace the file with an intact copy")
+        self.name = name
+
+
+class SecondStageError(XshimError):
+    """debootstrap's second stage failed."""
+
+    def __init__(self, rc: int, detail: str) -> None:
+        msg = f"debootstrap --second-stage exited with status {rc}"
+        if detail:
+            msg += ":\n  " + detail.replace("\n", "\n  ")
+        super().__init__(msg, "rerun with -v (and XSHIM_TRACE=stderr) to see which step failed")
+        self.returncode = rc
+
+
+def bad_platform(e: UnknownPlatformError, option: str = "--platform") -> InputError:
+    """The one way a platform the table lacks becomes bad input."""
+    examples = ", ".join(a.platform for a in ARCHES[:3])
+    return InputError(f"{option}: {e}",
+                      f"give a Docker platform string such as {examples} (os/arch[/variant])")

@@ -26,18 +26,19 @@ import sys
 import tempfile
 import time
 from collections import deque
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .. import shim as shim_pkg
 from ..shim import arch as archmod
+from ..shim import layout
 from ..shim.version import __version__
 from . import tools
-from .errors import MissingToolError, XshimError
+from .errors import FreezeError, MissingToolError
 
 log = logging.getLogger("xshim")
 
-NAME = "sh"  # the executable's name: <prefix>/bin/sh
-CONTENTS = "_internal"  # PyInstaller's payload directory beside it
+NAME = layout.SHIM_NAME  # the executable's name: <prefix>/bin/sh
+CONTENTS = PurePosixPath(layout.PAYLOAD).name  # PyInstaller's payload directory beside it
 RECIPE = "4"  # bump when the way of freezing changes in a way the spec text does not show
 
 # Stdlib modules the shim never imports (directly or through what it imports) but PyInstaller
@@ -90,10 +91,6 @@ coll = COLLECT(exe, a.binaries, a.datas, strip=True, upx=False, name={name!r})
 # PyInstaller's INFO lines worth showing as progress (the rest go to the debug log).
 _PROGRESS = re.compile(r"INFO: (Analyzing|Processing module hooks|Looking for dynamic libraries|"
                        r"Building (PYZ|EXE|COLLECT)|Copying bootloader|Performing binary)")
-
-
-class FreezeError(XshimError):
-    """PyInstaller could not freeze the shim."""
 
 
 def shim_source_dir() -> Path:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TextIO
 
 from ..shim import arch as archmod
+from ..shim import layout as L
+from ..shim.layout import Manifest, ManifestError
 from .dockerfile import (
-    DEFAULT_BUNDLE,
-    DEFAULT_PREFIX,
     Finding,
     Mode,
     Options,
@@ -29,10 +29,8 @@ from .dockerfile import (
     patch,
     resolve_platform,
 )
-from .errors import InputError
+from .errors import InputError, bad_platform
 from .fsutil import write_atomic
-
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -68,23 +66,19 @@ def _read_input(path: str, stdin: TextIO) -> tuple[str, str]:
     return path, data.decode("utf-8", "surrogateescape")
 
 
-def _read_manifest(bundle: Path) -> dict[str, object]:
-    manifest = bundle / MANIFEST
+def _read_manifest(bundle: Path) -> Manifest:
     if not bundle.is_dir():
         raise InputError(f"bundle directory {str(bundle)!r} does not exist",
                          f"make it first: xshim bundle -o {bundle}")
+    manifest = bundle / L.MANIFEST
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        return Manifest.load(str(bundle))
     except FileNotFoundError:
         raise InputError(f"{manifest}: no such file; {str(bundle)!r} is not an xshim bundle",
                          f"make the bundle with: xshim bundle -o {bundle}") from None
-    except (ValueError, OSError) as e:
-        raise InputError(f"{manifest}: unreadable manifest: {e}",
+    except ManifestError as e:
+        raise InputError(f"{manifest}: {e}",
                          f"make the bundle again with: xshim bundle -o {bundle}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{manifest}: not a bundle manifest (expected a JSON object)",
-                         f"make the bundle again with: xshim bundle -o {bundle}")
-    return data
 
 
 def resolve_options(req: PatchRequest) -> Options:
@@ -96,15 +90,13 @@ def resolve_options(req: PatchRequest) -> Options:
         try:
             platform = resolve_platform(req.platform).platform
         except archmod.UnknownPlatformError as e:
-            raise InputError(str(e), "give --platform as os/arch[/variant], e.g. linux/arm64"
-                             ) from None
-    bundle_text = DEFAULT_BUNDLE
+            raise bad_platform(e) from None
+    bundle_text = L.DEFAULT_DIR
     prefix = req.prefix
     if req.bundle is not None:
         bundle = Path(req.bundle)
-        manifest = _read_manifest(bundle)
-        declared = manifest.get("prefix")
-        if isinstance(declared, str) and declared:
+        declared = _read_manifest(bundle).prefix
+        if declared:
             if prefix is not None and prefix.rstrip("/") != declared.rstrip("/"):
                 raise InputError(
                     f"the bundle {req.bundle!r} was made for prefix {declared!r}, "
@@ -122,7 +114,7 @@ def resolve_options(req: PatchRequest) -> Options:
                 "make the bundle inside the directory you build from "
                 "(xshim bundle -o .xshim), or give that directory with --context") from None
     return Options(platform=platform, mode=Mode(req.mode), bundle=bundle_text,
-                   prefix=prefix or DEFAULT_PREFIX)
+                   prefix=prefix or L.DEFAULT_PREFIX)
 
 
 def format_findings(name: str, findings: list[Finding], fmt: str) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..shim import arch as archmod
 from ..shim.arch import Arch, NotElfError, UnknownPlatformError
-from .errors import InputError, XshimError
+from .errors import InputError, XshimError, bad_platform
 
 if TYPE_CHECKING:
     from . import debian
@@ -116,7 +116,7 @@ def _as_arch(a: Arch | str) -> Arch:
     try:
         return archmod.from_platform(a)
     except UnknownPlatformError as e:
-        raise InputError(str(e), "use a platform such as linux/arm64 or linux/arm/v7") from None
+        raise bad_platform(e) from None
 
 
 def find_emulators(

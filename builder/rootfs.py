@@ -21,7 +21,13 @@ from pathlib import Path
 
 from ..shim import arch as archmod
 from . import debian, tools
-from .errors import InputError, PrivilegeError, ToolFailedError, XshimError
+from .errors import (
+    InputError,
+    PrivilegeError,
+    SecondStageError,
+    ToolFailedError,
+    bad_platform,
+)
 
 log = logging.getLogger("xshim")
 
@@ -30,7 +36,7 @@ def _arch_for(platform: str) -> archmod.Arch:
     try:
         a = archmod.from_platform(platform)
     except archmod.UnknownPlatformError as e:
-        raise InputError(f"--platform: {e}", "e.g. --platform linux/arm64") from None
+        raise bad_platform(e) from None
     if not a.debian:
         raise InputError(
             f"--platform: Debian has no port for {a.platform}",
@@ -187,11 +193,3 @@ def _second_stage(tree: Path, a: archmod.Arch) -> None:
             detail = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
         raise SecondStageError(rc, detail)
 
-
-class SecondStageError(XshimError):
-    def __init__(self, rc: int, detail: str) -> None:
-        msg = f"debootstrap --second-stage exited with status {rc}"
-        if detail:
-            msg += ":\n  " + detail.replace("\n", "\n  ")
-        super().__init__(msg, "rerun with -v (and XSHIM_TRACE=stderr) to see which step failed")
-        self.returncode = rc

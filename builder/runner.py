@@ -23,7 +23,7 @@ from ..shim.supervisor import (
     supervise,
 )
 from ..shim.tracelog import open_sink
-from .errors import InputError, PrivilegeError, XshimError
+from .errors import InputError, PrivilegeError, XshimError, bad_platform
 from .qemu import available_emulators, fetch_emulators
 
 log = logging.getLogger("xshim")
@@ -169,7 +169,7 @@ def run_in_rootfs(
         try:
             target = archmod.from_platform(platform)
         except archmod.UnknownPlatformError as e:
-            raise InputError(str(e), "use a Docker platform string such as linux/arm64") from None
+            raise bad_platform(e) from None
     else:
         target = detect_platform(root)
     explicit = [Path(q) for q in qemu or []]

@@ -1,9 +1,13 @@
 """``xshim verify``: prove a bundle is intact and self-contained.
 
-Checks, each problem naming the file:
-  - manifest.json is readable and complete;
-  - every file in the manifest exists with its size and sha256 (links with their target);
-  - no file outside the manifest (the runtime ``guest/`` directory excepted);
+Checks, each problem naming the file (the contract is shim/layout.py, docs/bundle-contract.md):
+  - manifest.json is readable, complete and of this version's format;
+  - every file in the manifest exists with its size, sha256 and mode, every directory with its
+    mode, every link with its target;
+  - no file, link or directory outside the manifest; the runtime ``guest/`` directory holds
+    nothing (xshim-install fills it inside the image, and whatever a bundle brings there would
+    take the place of the image's /bin/sh);
+  - no setuid, setgid or world-writable file or directory, whatever the manifest says;
   - every ELF is built for the bundle's host architecture;
   - every PT_INTERP points at a loader inside the bundle, at the bundle's prefix;
   - every DT_NEEDED resolves inside the bundle, the way glibc's loader will look for it: through
@@ -19,7 +23,7 @@ print as "not found". This check says so beforehand, in words.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import stat
 from dataclasses import asdict, dataclass, field
@@ -27,14 +31,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..shim import arch as archmod
+from ..shim import layout as L
+from ..shim.layout import Manifest, ManifestError
 from . import elf
-from .bundle import MANIFEST, RUNTIME_DIRS, sha256_file
+from .bundle import sha256_file
+from .errors import ElfFormatError
 
 
 @dataclass(frozen=True)
 class Problem:
     path: str  # relative to the bundle ("" for the bundle as a whole)
-    check: str  # manifest, missing, changed, extra, arch, interp, needed, placement
+    check: str  # manifest, missing, changed, mode, extra, arch, interp, needed, placement
     message: str
 
     def __str__(self) -> str:
@@ -72,8 +79,8 @@ class Report:
             f"checked   {self.files} files ({self.elf_files} ELF)",
         ]
         if self.ok:
-            lines.append("OK: every hash matches, no extra file, every ELF is host-native and "
-                         "resolves inside the bundle")
+            lines.append("OK: every hash and mode matches, no extra file, every ELF is "
+                         "host-native and resolves inside the bundle")
         else:
             lines.append(f"FAILED: {len(self.problems)} problem(s)")
             lines.extend(f"  {p}" for p in self.problems)
@@ -90,64 +97,53 @@ def verify_bundle(bundle: str | os.PathLike[str], root: str | os.PathLike[str] |
         return report
     prefix = report.prefix
     listed = _check_files(base, manifest, report)
-    _check_extra(base, listed, report)
+    _check_extra(base, manifest, listed, report)
     _check_elves(base, manifest, prefix, report)
     if root is not None:
         _check_placement(base, Path(root), prefix, manifest, report)
     return report
 
 
-def _load_manifest(base: Path, report: Report) -> dict[str, Any] | None:
+def _load_manifest(base: Path, report: Report) -> Manifest | None:
     if not base.is_dir():
         report.add("", "manifest", "not a directory")
         return None
     try:
-        data = json.loads((base / MANIFEST).read_text())
+        manifest = Manifest.load(str(base))
     except FileNotFoundError:
-        report.add(MANIFEST, "manifest", "missing: this is not an xshim bundle")
+        report.add(L.MANIFEST, "manifest", "missing: this is not an xshim bundle")
         return None
-    except (OSError, ValueError) as e:
-        report.add(MANIFEST, "manifest", f"unreadable: {e}")
+    except ManifestError as e:
+        report.add(L.MANIFEST, "manifest", str(e))
         return None
-    if not isinstance(data, dict):
-        report.add(MANIFEST, "manifest", "not a JSON object")
-        return None
-    for key, kind in (("prefix", str), ("host_arch", str), ("platforms", list), ("files", list)):
-        if not isinstance(data.get(key), kind):
-            report.add(MANIFEST, "manifest", f"has no valid {key!r}")
-    if report.problems:
-        return None
-    report.prefix = data["prefix"]
-    report.host_arch = data["host_arch"]
-    report.platforms = [str(p) for p in data["platforms"]]
+    report.prefix = manifest.prefix
+    report.host_arch = manifest.host_arch
+    report.platforms = list(manifest.platforms)
     try:
         archmod.by_name(report.host_arch)
     except archmod.UnknownPlatformError:
-        report.add(MANIFEST, "manifest", f"unknown host_arch {report.host_arch!r}")
+        report.add(L.MANIFEST, "manifest", f"unknown host_arch {report.host_arch!r}")
         return None
-    return data
+    return manifest
 
 
-def _safe_rel(path: object) -> str | None:
-    if not isinstance(path, str) or not path:
-        return None
-    p = PurePosixPath(path)
-    if p.is_absolute() or ".." in p.parts:
-        return None
-    return p.as_posix()
+def _check_mode(rel: str, st: os.stat_result, want: int, report: Report) -> None:
+    mode = st.st_mode & 0o7777
+    bad = L.unsafe_mode(mode)
+    if bad is not None:
+        report.add(rel, "mode", f"is {bad} (mode {mode:04o}); a bundle never needs that")
+    elif mode != want:
+        report.add(rel, "mode", f"mode {mode:04o}, manifest says {want:04o}")
 
 
-def _check_files(base: Path, manifest: dict[str, Any], report: Report) -> set[str]:
+def _check_files(base: Path, manifest: Manifest, report: Report) -> set[str]:
     listed: set[str] = set()
-    for entry in manifest["files"]:
-        rel = _safe_rel(entry.get("path") if isinstance(entry, dict) else None)
-        if rel is None or not isinstance(entry, dict):
-            report.add(MANIFEST, "manifest", f"bad file entry {entry!r}")
-            continue
+    for entry in manifest.entries:
+        rel, role, full = entry.path, entry.role, base / entry.path
         listed.add(rel)
-        role = entry.get("role")
-        full = base / rel
-        if role == "manifest":
+        if role == "manifest":  # it cannot hold its own hash, but its mode is fixed
+            with contextlib.suppress(FileNotFoundError):
+                _check_mode(rel, full.lstat(), L.DATA_MODE, report)
             continue
         report.files += 1
         try:
@@ -158,30 +154,54 @@ def _check_files(base: Path, manifest: dict[str, Any], report: Report) -> set[st
         if role == "link":
             if not stat.S_ISLNK(st.st_mode):
                 report.add(rel, "changed", "should be a symlink")
-            elif os.readlink(full) != entry.get("target"):
+            elif os.readlink(full) != entry.target:
                 report.add(rel, "changed", f"symlink points at {os.readlink(full)!r}, "
-                           f"not {entry.get('target')!r}")
+                           f"not {entry.target!r}")
             continue
         if not stat.S_ISREG(st.st_mode):
             report.add(rel, "changed", "should be a regular file")
             continue
-        if st.st_size != entry.get("size"):
-            report.add(rel, "changed", f"size {st.st_size}, manifest says {entry.get('size')}")
-        elif sha256_file(full) != entry.get("sha256"):
+        if st.st_size != entry.size:
+            report.add(rel, "changed", f"size {st.st_size}, manifest says {entry.size}")
+        elif sha256_file(full) != entry.sha256:
             report.add(rel, "changed", "sha256 differs from the manifest")
+        _check_mode(rel, st, entry.mode, report)
+    for d in manifest.dirs:
+        listed.add(d.path)
+        try:
+            st = (base / d.path).lstat()
+        except FileNotFoundError:
+            if d.role != "runtime":  # made by xshim-install when it is needed
+                report.add(d.path, "missing", "listed in the manifest (directory) but missing")
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            report.add(d.path, "changed", "should be a directory")
+            continue
+        _check_mode(d.path, st, d.mode, report)
     return listed
 
 
-def _check_extra(base: Path, listed: set[str], report: Report) -> None:
+def _check_extra(base: Path, manifest: Manifest, listed: set[str], report: Report) -> None:
+    runtime = set(manifest.runtime_dirs)
     for dirpath, dirnames, filenames in os.walk(base):
         here = Path(dirpath)
-        if here == base:
-            dirnames[:] = [d for d in dirnames if d not in RUNTIME_DIRS]
+        dirnames.sort()
         names = filenames + [d for d in dirnames if (here / d).is_symlink()]
+        names += [d for d in dirnames if d not in names]
         for name in sorted(names):
             rel = (here / name).relative_to(base).as_posix()
-            if rel not in listed:
+            if rel in listed:
+                continue
+            parent = rel.rpartition("/")[0]
+            if parent in runtime:
+                report.add(rel, "extra", f"not in the manifest: {parent}/ is filled by "
+                           "xshim-install inside the image, and whatever a bundle brings there "
+                           "would take the place of the image's /bin/sh")
+            else:
                 report.add(rel, "extra", "not in the manifest")
+        # An unlisted directory has been reported as a whole; nothing in it is looked at.
+        dirnames[:] = [d for d in dirnames if (here / d).relative_to(base).as_posix() in listed
+                       and not (here / d).is_symlink()]
 
 
 def _in_bundle(path: str, prefix: str, base: Path) -> Path | None:
@@ -194,25 +214,25 @@ def _in_bundle(path: str, prefix: str, base: Path) -> Path | None:
     return base / rel
 
 
-def _check_elves(base: Path, manifest: dict[str, Any], prefix: str, report: Report) -> None:
+def _check_elves(base: Path, manifest: Manifest, prefix: str, report: Report) -> None:
     host = archmod.by_name(report.host_arch)
     infos: dict[str, elf.ElfInfo] = {}
-    for entry in manifest["files"]:
-        rel = _safe_rel(entry.get("path")) if isinstance(entry, dict) else None
-        if rel is None or entry.get("role") in ("link", "manifest"):
+    for entry in manifest.entries:
+        rel = entry.path
+        if entry.role in ("link", "manifest"):
             continue
         full = base / rel
         if not elf.is_elf_file(full):
             continue
         try:
             infos[rel] = elf.read_elf_file(full)
-        except elf.ElfFormatError as e:
+        except ElfFormatError as e:
             report.add(rel, "arch", e.message)
     report.elf_files = len(infos)
     # The loader's soname is resolved before anything is searched.
     loader_sonames = {i.soname for i in infos.values() if i.soname and i.interp is None
                       and not i.needed and i.soname.startswith("ld-")}
-    shim = infos.get("bin/sh")
+    shim = infos.get(L.SHIM)
     shim_rpath = shim.rpath if shim is not None and shim.runpath is None else None
     for rel, info in sorted(infos.items()):
         if info.arch is None or not (info.arch == host or archmod.natively_runs(host, info.arch)):
@@ -247,7 +267,7 @@ def _check_elves(base: Path, manifest: dict[str, Any], prefix: str, report: Repo
                            f"bundle (searched {where})")
 
 
-def _check_placement(base: Path, root: Path, prefix: str, manifest: dict[str, Any],
+def _check_placement(base: Path, root: Path, prefix: str, manifest: Manifest,
                      report: Report) -> None:
     expected = root / prefix.lstrip("/")
     try:
@@ -261,7 +281,7 @@ def _check_placement(base: Path, root: Path, prefix: str, manifest: dict[str, An
         at = ""
     where = f"is at {at} inside {root}" if at else f"is not inside {root}"
     fix = f"move it to {expected}" + (f" or rebuild it with --prefix {at}" if at else "")
-    loader = manifest.get("loader", "lib/<loader>")
+    loader = manifest.loader
     report.add("", "placement",
                f"the bundle {where}, but was built for prefix {prefix}: its programs name "
                f"{prefix}/{loader} as their loader, so they cannot start there (the kernel "

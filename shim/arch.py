@@ -12,6 +12,8 @@ import struct
 from enum import Enum
 from typing import NamedTuple
 
+from .errors import ShimError
+
 # ELF constants (elf.h).
 ELFMAG = b"\x7fELF"
 ELFCLASS32 = 1
@@ -114,7 +116,7 @@ ARCHES: tuple[Arch, ...] = (
 _BY_NAME = {a.name: a for a in ARCHES}
 
 
-class UnknownPlatformError(ValueError):
+class UnknownPlatformError(ShimError, ValueError):
     """A platform string or architecture name that is not in the table."""
 
     def __init__(self, text: str) -> None:
@@ -173,7 +175,7 @@ class ElfIdent(NamedTuple):
     elf_type: int
 
 
-class NotElfError(ValueError):
+class NotElfError(ShimError, ValueError):
     pass
 
 

@@ -6,8 +6,7 @@
   xshim-install   swaps /bin/sh for the shim, keeping the original.
   xshim-restore   puts the original /bin/sh back; ``--remove-bundle`` also deletes the bundle.
 
-The bundle lives at PREFIX (``<PREFIX>/bin/sh`` is this executable), with the emulators in
-``<PREFIX>/qemu`` and the image's original shell kept in ``<PREFIX>/guest``.
+The bundle's layout and manifest are defined in shim/layout.py (docs/bundle-contract.md).
 """
 
 from __future__ import annotations
@@ -15,6 +14,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+
+from . import sigstate
+from .errors import ShimError
+from .layout import GUEST, GUEST_SH, GUEST_SYMLINK, Layout, Manifest, ManifestError
 
 SH = "/bin/sh"
 
@@ -35,36 +38,35 @@ def clean_environ(env: dict[bytes, bytes], prefix: bytes) -> dict[bytes, bytes]:
     return out
 
 
-def find_prefix() -> str:
-    """The bundle's prefix: this executable is ``<prefix>/bin/sh``."""
-    exe = os.path.realpath(sys.executable)
-    return os.path.dirname(os.path.dirname(exe))
+def find_layout() -> Layout:
+    """The bundle this executable belongs to: it is ``<prefix>/bin/sh``."""
+    return Layout.of_shim(sys.executable)
 
 
-def find_emulators(prefix: str) -> dict[str, bytes]:
+def find_emulators(layout: Layout) -> dict[str, bytes]:
+    """The bundle's emulators, by architecture name (paths as the image sees them)."""
     from .arch import ARCHES
 
-    qdir = os.path.join(prefix, "qemu")
     try:
-        names = set(os.listdir(qdir))
+        names = set(os.listdir(layout.qemu_dir))
     except FileNotFoundError:
         names = set()
     found: dict[str, bytes] = {}
     for a in ARCHES:
         for candidate in (a.qemu_static, a.qemu_binary):
             if candidate in names:
-                found[a.name] = os.path.join(qdir, candidate).encode()
+                found[a.name] = os.path.join(layout.qemu_dir, candidate).encode()
                 break
     return found
 
 
-def guest_shell(prefix: str, root: str = "/") -> str:
+def guest_shell(layout: Layout, root: str = "/") -> str:
     """The image's own shell: kept in <prefix>/guest by xshim-install, else /bin/sh itself."""
-    guest = os.path.join(root, prefix.lstrip("/"), "guest")
-    if os.path.lexists(os.path.join(guest, "sh")):
-        return os.path.join(prefix, "guest", "sh")
+    here = layout.inside(root)
+    if os.path.lexists(here.guest_sh):
+        return layout.guest_sh
     try:
-        with open(os.path.join(guest, "sh.symlink"), encoding="utf-8") as f:
+        with open(here.guest_symlink, encoding="utf-8") as f:
             target = f.read()
     except FileNotFoundError:
         return SH
@@ -74,7 +76,7 @@ def guest_shell(prefix: str, root: str = "/") -> str:
 # -- install / restore -----------------------------------------------------------------------------
 
 
-class InstallError(Exception):
+class InstallError(ShimError):
     pass
 
 
@@ -95,7 +97,44 @@ def _write_atomic(path: str, text: str) -> None:
     os.rename(tmp, path)
 
 
-def install(prefix: str, root: str = "/") -> None:
+def _check_guest(here: Layout, allowed: tuple[str, ...]) -> None:
+    """Refuse a bundle whose manifest does not declare guest/, or whose guest/ holds anything
+    but ``allowed``: what is there would take the place of the image's /bin/sh."""
+    try:
+        manifest = Manifest.load(here.base)
+    except FileNotFoundError:
+        raise InstallError(f"{here.manifest} is missing, so this is not a complete bundle",
+                           "copy the whole directory made by 'xshim bundle'") from None
+    except ManifestError as e:
+        raise InstallError(f"{here.manifest}: {e}",
+                           "make the bundle again with 'xshim bundle'") from None
+    if GUEST not in manifest.runtime_dirs:
+        raise InstallError(f"{here.manifest} does not declare {GUEST}/",
+                           "make the bundle again with this version of 'xshim bundle'")
+    try:
+        names = sorted(os.listdir(here.guest_dir))
+    except FileNotFoundError:
+        names = []
+    except NotADirectoryError:
+        names = [""]
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        shown = ", ".join(os.path.join(here.guest_dir, n) for n in unknown)
+        raise InstallError(f"{shown}: not in the bundle's manifest, and it would take the "
+                           f"place of the image's {SH}; refusing",
+                           "make the bundle again with 'xshim bundle' and check it with "
+                           "'xshim verify'")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def install(layout: Layout, root: str = "/") -> None:
     """Swap /bin/sh for the shim. At every moment the original exists under some name.
 
     A regular /bin/sh is hard-linked into <prefix>/guest/sh first (same inode, so restoring is
@@ -103,41 +142,40 @@ def install(prefix: str, root: str = "/") -> None:
     Only then is /bin/sh replaced, by an atomic rename of a new symlink over it.
     """
     sh = os.path.join(root, SH.lstrip("/"))
-    shim = os.path.join(prefix, "bin", "sh")
-    guest = os.path.join(root, prefix.lstrip("/"), "guest")
-    if os.path.islink(sh) and os.readlink(sh) == shim:
+    here = layout.inside(root)
+    if os.path.islink(sh) and os.readlink(sh) == layout.shim:
         return  # already installed
     if not os.path.lexists(sh):
         raise InstallError(f"{SH} does not exist in this image, so there is nothing to wrap")
-    os.makedirs(guest, exist_ok=True)
+    # guest/sh may already be /bin/sh itself: an install interrupted after its first step.
+    resumed = (os.path.basename(GUEST_SH),) if _same_file(here.guest_sh, sh) else ()
+    _check_guest(here, resumed)
+    os.makedirs(here.guest_dir, exist_ok=True)
     if os.path.islink(sh):
-        _write_atomic(os.path.join(guest, "sh.symlink"), os.readlink(sh))
-    else:
-        kept = os.path.join(guest, "sh")
-        if not os.path.lexists(kept):
-            os.link(sh, kept)
-    _symlink_atomic(shim, sh)
+        _write_atomic(here.guest_symlink, os.readlink(sh))
+    elif not resumed:
+        os.link(sh, here.guest_sh)
+    _symlink_atomic(layout.shim, sh)
 
 
-def restore(prefix: str, root: str = "/", remove_bundle: bool = False) -> None:
+def restore(layout: Layout, root: str = "/", remove_bundle: bool = False) -> None:
     """Put the original /bin/sh back (atomic rename), then optionally delete the bundle."""
     sh = os.path.join(root, SH.lstrip("/"))
-    shim = os.path.join(prefix, "bin", "sh")
-    guest = os.path.join(root, prefix.lstrip("/"), "guest")
-    if os.path.islink(sh) and os.readlink(sh) == shim:
-        kept = os.path.join(guest, "sh")
-        record = os.path.join(guest, "sh.symlink")
-        if os.path.lexists(kept):
-            os.rename(kept, sh)
-        elif os.path.exists(record):
-            with open(record, encoding="utf-8") as f:
+    here = layout.inside(root)
+    if os.path.islink(sh) and os.readlink(sh) == layout.shim:
+        _check_guest(here, (os.path.basename(GUEST_SH), os.path.basename(GUEST_SYMLINK)))
+        if os.path.lexists(here.guest_sh):
+            os.rename(here.guest_sh, sh)
+        elif os.path.exists(here.guest_symlink):
+            with open(here.guest_symlink, encoding="utf-8") as f:
                 _symlink_atomic(f.read(), sh)
         else:
-            raise InstallError(f"{SH} points at the shim but no original was kept in {guest}")
+            raise InstallError(f"{SH} points at the shim but no original was kept in "
+                               f"{here.guest_dir}")
     if remove_bundle:
         import shutil
 
-        shutil.rmtree(os.path.join(root, prefix.lstrip("/")))
+        shutil.rmtree(here.base)
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -161,26 +199,25 @@ def _die_like(status: int) -> int:
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
 
 
-def _run(prefix: str, argv: list[bytes], program: bytes | None, search_path: bool) -> int:
+def _run(layout: Layout, argv: list[bytes], program: bytes | None, search_path: bool) -> int:
     from .supervisor import Config, SupervisorError, original_environ, supervise
     from .tracelog import open_sink
 
-    env = clean_environ(original_environ() or dict(os.environb), prefix.encode())
+    env = clean_environ(original_environ() or dict(os.environb), layout.base.encode())
     try:
         sink = open_sink(os.environ.get("XSHIM_TRACE"), os.environ.get("XSHIM_TRACE_HASH"))
     except OSError as e:
         sys.stderr.write(f"xshim: cannot open trace {os.environ.get('XSHIM_TRACE')}: {e}\n")
         sink = None
-    shim = os.path.join(prefix, "bin", "sh")
     try:
-        st = os.stat(shim)
+        st = os.stat(layout.shim)
         self_ids = frozenset({(st.st_dev, st.st_ino)})
     except OSError:
         self_ids = frozenset()
     config = Config(
-        emulators=find_emulators(prefix),
+        emulators=find_emulators(layout),
         self_ids=self_ids,
-        guest_shell=guest_shell(prefix).encode(),
+        guest_shell=guest_shell(layout).encode(),
         trace=sink,
         search_path=search_path,
     )
@@ -200,9 +237,10 @@ USAGE = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    sigstate.original()  # before anything installs a handler
     args = list(sys.argv if argv is None else argv)
     role = os.path.basename(args[0]) if args else "sh"
-    prefix = find_prefix()
+    layout = find_layout()
     if role in ("xshim-install", "xshim-restore"):
         if any(a not in ("--remove-bundle",) for a in args[1:]) or (
             role == "xshim-install" and len(args) > 1
@@ -211,10 +249,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             if role == "xshim-install":
-                install(prefix)
+                install(layout)
             else:
-                restore(prefix, remove_bundle="--remove-bundle" in args)
-        except (InstallError, OSError) as e:
+                restore(layout, remove_bundle="--remove-bundle" in args)
+        except InstallError as e:
+            hint = f"\nhint: {e.hint}" if e.hint else ""
+            sys.stderr.write(f"xshim: {role}: {e}{hint}\n")
+            return 1
+        except OSError as e:
             hint = " (run this step as root: USER root)" if isinstance(e, PermissionError) else ""
             sys.stderr.write(f"xshim: {role}: {e}{hint}\n")
             return 1
@@ -224,10 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         if len(bargv) < 2:
             sys.stderr.write(USAGE[role])
             return 2
-        return _run(prefix, bargv[1:], None, search_path=True)
+        return _run(layout, bargv[1:], None, search_path=True)
     # The shell role: exec the shim itself, which the supervisor turns into the image's shell
     # under qemu, exactly as it does for every later exec of /bin/sh.
-    return _run(prefix, bargv, os.path.join(prefix, "bin", "sh").encode(), search_path=False)
+    return _run(layout, bargv, layout.shim.encode(), search_path=False)
 
 
 def run() -> None:

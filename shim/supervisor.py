@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import ptrace as pt
+from . import sigstate
 from .arch import Arch, host_arch
 from .decide import (
     HEADER_SIZE,
@@ -32,6 +33,7 @@ from .decide import (
     classify,
     emulated_argv,
 )
+from .errors import ShimError
 from .tracelog import TraceSink
 
 if TYPE_CHECKING:
@@ -67,7 +69,7 @@ class Config(NamedTuple):
     search_path: bool = False  # look argv[0] up in PATH, like execvp
 
 
-class SupervisorError(Exception):
+class SupervisorError(ShimError):
     """The supervisor could not start the command (ptrace or seccomp refused, ...)."""
 
 
@@ -134,7 +136,8 @@ class Supervisor:
                 "runtimes do)"
             ) from None
         for sig in FORWARDED_SIGNALS:
-            signal.signal(sig, self._forward)
+            if sig not in sigstate.original().ignored:  # what the caller ignored stays ignored
+                signal.signal(sig, self._forward)
         if self.cfg.trace is not None:
             self.cfg.trace.start(pid, argv)
         os.write(go_w, b"g")
@@ -156,8 +159,8 @@ class Supervisor:
         try:
             os.close(go_w)
             os.close(err_r)
-            for sig in FORWARDED_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
+            # The guest starts with the caller's dispositions and mask, not ours.
+            sigstate.restore(sigstate.original())
             os.read(go_r, 1)  # the parent has seized us: trapped execs now have a tracer
             os.close(go_r)
             if self.cfg.chroot:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from xshim.builder.cli import main
 from xshim.shim import arch
+from xshim.shim.layout import Manifest
 
 ARM = "FROM --platform=linux/arm64 debian\nRUN apt-get update\n"
 NATIVE = "FROM debian\nRUN apt-get update\n"
@@ -23,8 +24,12 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def make_bundle(path: Path, prefix: str = "/.xshim") -> Path:
+    """A directory with a valid manifest: all that ``xshim patch --bundle`` reads."""
     (path / "bin").mkdir(parents=True)
-    (path / "manifest.json").write_text(json.dumps({"prefix": prefix, "files": []}))
+    manifest = Manifest(prefix=prefix, host_arch=arch.host_arch().name,
+                        platforms=("linux/arm64",), emulators={}, loader="lib/ld.so",
+                        entries=(), dirs=())
+    (path / "manifest.json").write_text(manifest.dumps())
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -105,7 +106,8 @@ def test_foreign_elf_is_named(copy: Path) -> None:
     shutil.copy2(foreign.busybox_static("armhf"), target)
     m = manifest(copy)
     m["files"].append({"path": "lib/libextra.so.1", "role": "library",  # type: ignore[attr-defined]
-                       "size": target.stat().st_size, "sha256": bundle.sha256_file(target)})
+                       "size": target.stat().st_size, "sha256": bundle.sha256_file(target),
+                       "mode": f"{target.stat().st_mode & 0o7777:04o}"})
     rewrite_manifest(copy, m)
     report = verify_bundle(copy)
     assert [(p.path, p.check) for p in report.problems] == [("lib/libextra.so.1", "arch")]
@@ -131,10 +133,67 @@ def test_broken_manifest_is_named(copy: Path) -> None:
     assert r.returncode == 1 and "manifest.json: unreadable" in r.stdout
 
 
-def test_runtime_guest_dir_is_allowed(copy: Path) -> None:
-    (copy / "guest").mkdir()
-    (copy / "guest" / "sh.symlink").write_text("dash")
+def test_an_empty_guest_dir_is_allowed(copy: Path) -> None:
+    (copy / "guest").mkdir(mode=0o755)
+    os.chmod(copy / "guest", 0o755)
     assert verify_bundle(copy).ok
+
+
+@pytest.mark.parametrize("name", ["sh", "sh.symlink"])
+def test_anything_in_guest_is_named(copy: Path, name: str) -> None:
+    """guest/ is filled by xshim-install inside the image; a bundle that brings its own
+    guest/sh would have it installed in place of the image's /bin/sh."""
+    (copy / "guest").mkdir()
+    os.chmod(copy / "guest", 0o755)
+    (copy / "guest" / name).write_text("#!/bin/evil\n")
+    r = verify("--json", str(copy))
+    assert r.returncode == 1
+    (problem,) = json.loads(r.stdout)["problems"]
+    assert (problem["path"], problem["check"]) == (f"guest/{name}", "extra")
+    assert "image's /bin/sh" in problem["message"]
+
+
+def test_manifest_lists_modes_and_directories(pristine: Path) -> None:
+    m = manifest(pristine)
+    files = {f["path"]: f for f in m["files"]}  # type: ignore[attr-defined]
+    assert files["bin/sh"]["mode"] == "0755"
+    assert files["lib/libm.so.6"]["mode"] == "0755"
+    assert {d["path"]: (d["role"], d["mode"]) for d in m["dirs"]  # type: ignore[attr-defined]
+            if d["path"] in ("bin", "guest", "qemu")} == {
+        "bin": ("dir", "0755"), "guest": ("runtime", "0755"), "qemu": ("dir", "0755")}
+
+
+@pytest.mark.parametrize(("path", "mode", "needle"), [
+    ("bin/sh", 0o644, "mode 0644, manifest says 0755"),
+    ("qemu/qemu-aarch64-static", 0o4755, "is setuid (mode 4755)"),
+    ("lib/libm.so.6", 0o2755, "is setgid (mode 2755)"),
+    ("manifest.json", 0o666, "is world-writable (mode 0666)"),
+    ("bin/_internal", 0o777, "is world-writable (mode 0777)"),
+    ("lib", 0o775, "mode 0775, manifest says 0755"),
+])
+def test_bad_modes_are_named(copy: Path, path: str, mode: int, needle: str) -> None:
+    os.chmod(copy / path, mode)
+    r = verify("--json", str(copy))
+    assert r.returncode == 1
+    problems = json.loads(r.stdout)["problems"]
+    assert [(p["path"], p["check"]) for p in problems] == [(path, "mode")], problems
+    assert needle in problems[0]["message"]
+
+
+def test_extra_directory_is_named(copy: Path) -> None:
+    (copy / "lib" / "extra").mkdir()
+    (copy / "lib" / "extra" / "x.so").write_bytes(b"x")
+    problems = verify_bundle(copy).problems
+    assert [(p.path, p.check) for p in problems] == [("lib/extra", "extra")]
+
+
+def test_manifest_of_an_older_format_is_named(copy: Path) -> None:
+    m = manifest(copy)
+    m["format"] = 1
+    rewrite_manifest(copy, m)
+    r = verify(str(copy))
+    assert r.returncode == 1
+    assert "manifest.json: format 1, not 2: made by another xshim version" in r.stdout
 
 
 def test_placement(copy: Path, tmp_path: Path) -> None:
