@@ -20,6 +20,9 @@ GO_SPACE = frozenset(
 _EOF = ""
 
 
+MAX_NESTING = 64  # ${A:-${B:-...}} levels
+
+
 class ShellError(ValueError):
     pass
 
@@ -90,6 +93,7 @@ class ShellLex:
         self.env = env or {}
         self._s = ""
         self._i = 0
+        self._depth = 0
 
     def process_words(self, text: str) -> list[str]:
         self._s, self._i = text, 0
@@ -198,6 +202,17 @@ class ShellLex:
         return "", False
 
     def _dollar(self) -> str:
+        # Each nested ${...} costs a few Python frames; bound it well below the interpreter's
+        # recursion limit so that absurd nesting is bad input, not a crash.
+        if self._depth >= MAX_NESTING:
+            raise ShellError(f"substitutions nested more than {MAX_NESTING} deep")
+        self._depth += 1
+        try:
+            return self._substitution()
+        finally:
+            self._depth -= 1
+
+    def _substitution(self) -> str:
         self._next()
         if self._peek() != "{":
             name = self._name()

@@ -1,9 +1,11 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""Writing files: atomically where a reader could see half a file, as a shell redirect where the
+target is not a regular file."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -35,3 +37,47 @@ def _umask() -> int:
     old = os.umask(0)
     os.umask(old)
     return old
+
+
+def write_output(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write an output file the way ``> path`` would, but atomically where that is possible.
+
+    A regular file (or a new one) is replaced atomically; a symlink is followed and its target
+    replaced the same way, the link kept. Anything else (a device such as /dev/stdout or
+    /dev/null, a FIFO, a socket) cannot be replaced without destroying it, so it is opened and
+    written through, exactly as a shell redirect writes to it. Raises OutputError, naming the
+    path, when it cannot be written at all (nothing is written then).
+    """
+    try:
+        st: os.stat_result | None = os.stat(path)  # through symlinks, as open(2) goes
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise OutputError(str(path), e) from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise OutputError(str(path), IsADirectoryError(21, os.strerror(21)))
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # Opened by its own name: /dev/stdout's link through /proc/self/fd names no real path.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        except OSError as e:
+            raise OutputError(str(path), e) from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target)
+    if not os.path.isdir(directory):
+        raise OutputError(str(path), FileNotFoundError(2, f"directory {directory} does not exist"))
+    try:
+        write_atomic(target, data)
+    except OSError as e:
+        raise OutputError(str(path), e) from None
+
+
+class OutputError(OSError):
+    """An output file that cannot be written: ``path`` and the reason."""
+
+    def __init__(self, path: str, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.path = path

@@ -30,7 +30,7 @@ from .dockerfile import (
     resolve_platform,
 )
 from .errors import InputError, bad_platform
-from .fsutil import write_atomic
+from .fsutil import OutputError, write_output
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,12 @@ def run_patch(req: PatchRequest, stdin: TextIO | None = None, stdout: TextIO | N
         _write_text(stdout, unified_diff(name, text, result.text))
     if req.output not in (None, "-"):
         assert req.output is not None
-        write_atomic(req.output, result.text.encode("utf-8", "surrogateescape"))
+        try:
+            write_output(req.output, result.text.encode("utf-8", "surrogateescape"))
+        except OutputError as e:
+            raise InputError(f"-o {req.output}: cannot write it: {e.strerror}",
+                             "give -o a file in an existing, writable directory, or - for "
+                             "stdout") from None
     elif not req.diff:
         _write_text(stdout, result.text)
     report = format_findings(name, [f for f in result.findings if f.level != "info"]

@@ -8,12 +8,14 @@ our own, which disappears with the last process in it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import signal
 from pathlib import Path
 
 from ..shim import arch as archmod
+from ..shim.ptrace import open_in_root
 from ..shim.supervisor import (
     Config,
     SupervisorError,
@@ -22,7 +24,7 @@ from ..shim.supervisor import (
     original_environ,
     supervise,
 )
-from ..shim.tracelog import open_sink
+from ..shim.tracelog import LOG_VALUES, TraceSink, open_sink
 from .errors import InputError, PrivilegeError, XshimError, bad_platform
 from .qemu import available_emulators, fetch_emulators
 
@@ -39,6 +41,7 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_REMOUNT = 0x20
+MNT_DETACH = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -105,11 +108,11 @@ def _not_a_mount_point(path: Path) -> bool:
 
 
 def _mount_point(rootfs: Path, sub: str) -> Path | None:
-    """``rootfs/sub`` as a directory to mount on, made if missing; None if it cannot be one."""
+    """``rootfs/sub`` as a directory to mount on (it may not exist yet); None if it cannot be
+    one."""
     path = rootfs / sub
     if _not_a_mount_point(path):
         return None
-    path.mkdir(exist_ok=True)
     return path
 
 
@@ -156,8 +159,13 @@ def run_in_rootfs(
 ) -> int:
     """Run ``command`` chrooted into ``rootfs`` with every foreign exec going through qemu.
 
-    Returns the command's exit code (128+N when killed by signal N).
+    Returns the command's exit code (128+N when killed by signal N). Every input is checked
+    before anything is made or mounted; the mount points it has to create in the rootfs are
+    removed again when the command ends.
     """
+    if not str(rootfs).strip():
+        raise InputError("--rootfs is empty", "give the directory of a root filesystem, e.g. "
+                         "--rootfs /var/tmp/arm64")
     root = Path(rootfs).resolve()
     check_rootfs(root)
     if os.geteuid() != 0:
@@ -165,47 +173,144 @@ def run_in_rootfs(
             "xshim run needs root: it chroots and mounts /proc, /sys and /dev for the command",
             "run it as root (sudo xshim run ...)",
         )
-    if platform:
-        try:
-            target = archmod.from_platform(platform)
-        except archmod.UnknownPlatformError as e:
-            raise bad_platform(e) from None
-    else:
-        target = detect_platform(root)
+    target = _target_platform(root, platform)
+    workdir = _check_workdir(root, workdir)
+    trace_spec, trace_from = (trace, "--trace") if trace is not None else (
+        os.environ.get("XSHIM_TRACE"), "XSHIM_TRACE")
+    _check_trace(trace_spec, trace_from)
     explicit = [Path(q) for q in qemu or []]
     # Every emulator the host has (or was given) is offered, for mixed-architecture trees; the
     # rootfs's own platform must have one, fetched from Debian if need be.
     emulators, missing = available_emulators(archmod.ARCHES, explicit)
     if target in missing:
         emulators.update(fetch_emulators([target]))
-    sink = open_sink(trace if trace is not None else os.environ.get("XSHIM_TRACE"),
-                     os.environ.get("XSHIM_TRACE_HASH"))
 
-    _unshare_mounts()
-    for sub, fstype, flags in (
-        ("proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC),
-        ("sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY),
-    ):
-        point = _mount_point(root, sub)
-        if point is None:
-            # debootstrap --second-stage replaces such a link and mounts /proc itself.
-            log.warning("%s is a symlink or a file: no /%s inside the rootfs (replace it with an "
-                        "empty directory to get one)", root / sub, sub)
-            continue
-        _mount(sub, str(point), fstype, flags, None)
-    inside = _setup_dev(root, emulators)
-
-    env = original_environ() or dict(os.environb)
-    config = Config(
-        emulators=inside, trace=sink, chroot=str(root), cwd=workdir, search_path=True
-    )
-    argv = [c.encode() for c in command]
-    log.debug("running %s in %s (%s)", command, root, target.platform)
+    points = {sub: _mount_point(root, sub) for sub in ("proc", "sys", "dev")}
+    made = [p for p in points.values() if p is not None and not p.exists()]
+    for new in made:
+        _make_mount_point(root, new)
+    mounted: list[Path] = []
     try:
-        status = supervise(argv, env, config)
-    except SupervisorError as e:
-        raise XshimError(str(e), "run xshim where ptrace and seccomp filters are allowed") from e
+        sink = _open_trace(trace_spec, trace_from)
+        _unshare_mounts()
+        for sub, fstype, flags in (
+            ("proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC),
+            ("sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY),
+        ):
+            point = points[sub]
+            if point is None:
+                # debootstrap --second-stage replaces such a link and mounts /proc itself.
+                log.warning("%s is a symlink or a file: no /%s inside the rootfs (replace it "
+                            "with an empty directory to get one)", root / sub, sub)
+                continue
+            _mount(sub, str(point), fstype, flags, None)
+            mounted.append(point)
+        mounted.append(root / "dev")
+        inside = _setup_dev(root, emulators)
+
+        env = original_environ() or dict(os.environb)
+        config = Config(
+            emulators=inside, trace=sink, chroot=str(root), cwd=workdir, search_path=True
+        )
+        argv = [c.encode() for c in command]
+        log.debug("running %s in %s (%s)", command, root, target.platform)
+        try:
+            status = supervise(argv, env, config)
+        except SupervisorError as e:
+            raise XshimError(str(e), "run xshim where ptrace and seccomp filters are allowed"
+                             ) from e
+    finally:
+        _remove_mount_points(made, mounted)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         log.info("command killed by %s", signal.Signals(sig).name)
     return exit_code(status)
+
+
+def _target_platform(root: Path, platform: str | None) -> archmod.Arch:
+    """The rootfs's platform: --platform, which must agree with the tree, or the tree's own."""
+    if not platform:
+        return detect_platform(root)
+    try:
+        target = archmod.from_platform(platform)
+    except archmod.UnknownPlatformError as e:
+        raise bad_platform(e) from None
+    try:
+        found: archmod.Arch | None = detect_platform(root)
+    except InputError:
+        found = None  # nothing to contradict
+    if found is not None and found != target:
+        raise InputError(
+            f"--platform {platform} contradicts the rootfs {str(root)!r}, whose programs are "
+            f"built for {found.platform}",
+            f"drop --platform (the rootfs's own, {found.platform}, is used), or point --rootfs "
+            f"at a {target.platform} tree")
+    return target
+
+
+def _check_workdir(root: Path, workdir: str) -> str:
+    """``workdir`` as an absolute path inside the rootfs; InputError unless it is a directory
+    there (symlinks resolved inside the rootfs, as the command will see them)."""
+    inside = os.path.join("/", workdir)
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.close(open_in_root(fd, inside.encode(), os.O_PATH | os.O_DIRECTORY))
+    except OSError as e:
+        raise InputError(f"--workdir {workdir}: {os.strerror(e.errno or 0)} inside the rootfs "
+                         f"{str(root)!r}",
+                         "give a directory that exists inside the rootfs, e.g. -w /root"
+                         ) from None
+    finally:
+        os.close(fd)
+    return inside
+
+
+def _check_trace(spec: str | None, source: str) -> None:
+    """Refuse a trace file that cannot be made, before anything is written or mounted."""
+    if spec is None or spec in ("", "0", "off", "no", "1", "stderr", "-", *LOG_VALUES):
+        return
+    path = Path(spec)
+    fix = (f"give {source} a file in an existing, writable directory (e.g. /tmp/xshim.jsonl), "
+           "'stderr' for readable lines, or 'log' for records in a build log")
+    if path.is_dir():
+        raise InputError(f"{source} {spec}: is a directory; the trace is one file", fix)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{source} {spec}: directory {str(parent)!r} does not exist", fix)
+    if (path.exists() and not os.access(path, os.W_OK)) or (
+            not path.exists() and not os.access(parent, os.W_OK | os.X_OK)):
+        raise InputError(f"{source} {spec}: not writable", fix)
+
+
+def _open_trace(spec: str | None, source: str) -> TraceSink | None:
+    try:
+        return open_sink(spec, os.environ.get("XSHIM_TRACE_HASH"))
+    except OSError as e:
+        raise InputError(f"{source} {spec}: cannot open: {os.strerror(e.errno or 0)}",
+                         f"give {source} a file in an existing, writable directory, or "
+                         "'stderr'") from None
+
+
+def _make_mount_point(root: Path, point: Path) -> None:
+    try:
+        point.mkdir()
+    except OSError as e:
+        ro = e.errno == errno.EROFS
+        raise InputError(
+            f"the rootfs {str(root)!r} has no /{point.name}"
+            + (" and is read-only, so none can be made" if ro else
+               f", and it cannot be made: {os.strerror(e.errno or 0)}"),
+            "create the empty directories proc, sys and dev in the rootfs, or make it writable",
+        ) from None
+
+
+def _remove_mount_points(made: list[Path], mounted: list[Path]) -> None:
+    """Take the mounts off the mount points this run created and remove those directories."""
+    for point in made:
+        if point in mounted:
+            # Lazily: a process of the command may still hold it until the supervisor exits.
+            _libc.umount2(str(point).encode(), MNT_DETACH)
+        try:
+            point.rmdir()
+        except OSError as e:
+            log.warning("could not remove %s, made as a mount point: %s", point, e.strerror)
