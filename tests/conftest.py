@@ -1,13 +1,29 @@
-"""Shared test set-up: the support package on sys.path and the binfmt_misc guard."""
+"""Shared test set-up: the support package on sys.path, the ``root`` marker, the binfmt_misc
+guard."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+ROOT_REASON = "needs root (chroot, mounts, dockerd): run the tests as root"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``root`` is skipped, with the reason, when the tests do not run as root;
+    ``pytest.mark.root(reason=...)`` says why that test needs it."""
+    if os.geteuid() == 0:
+        return
+    for item in items:
+        marker = item.get_closest_marker("root")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or ROOT_REASON
+            item.add_marker(pytest.mark.skip(reason=f"not root: {reason}"))
 
 
 @pytest.fixture(autouse=True)

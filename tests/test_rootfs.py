@@ -13,7 +13,7 @@ from xshim.builder import cli, rootfs
 from xshim.builder.errors import InputError, ToolFailedError
 from xshim.shim import arch as archmod
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap needs root")
+root_only = pytest.mark.root(reason="debootstrap needs root")
 
 
 def _siblings(path: Path) -> list[str]:

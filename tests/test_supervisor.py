@@ -19,10 +19,7 @@ from pathlib import Path
 import pytest
 from support import builders, foreign
 
-pytestmark = [pytest.mark.integration, pytest.mark.root]
-
-if os.geteuid() != 0:
-    pytest.skip("xshim run needs root (chroot and mounts)", allow_module_level=True)
+pytestmark = [pytest.mark.integration, pytest.mark.root(reason="xshim run chroots and mounts")]
 
 XSHIM = shutil.which("xshim") or "xshim"
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
