@@ -143,6 +143,7 @@ class Supervisor:
         os.write(go_w, b"g")
         os.close(go_w)
         status = self._loop()
+        _warn_left_running(self.started - {pid})
         detail = os.read(err_r, 4096).decode(errors="replace")
         os.close(err_r)
         if detail:
@@ -689,6 +690,29 @@ def original_environ() -> dict[bytes, bytes] | None:
         if sep and key not in env:
             env[key] = value
     return env
+
+
+def _warn_left_running(tracees: set[int]) -> None:
+    """Say so when the command leaves processes running: they are traced, and a tracee dies
+    with its tracer (PTRACE_O_EXITKILL), so they end with the command. Not said as a container's
+    first process, whose end ends every other process there anyway."""
+    if os.getpid() == 1:
+        return
+    left = []
+    for tid in sorted(tracees):
+        try:
+            with open(f"/proc/{tid}/status", "rb") as f:
+                fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+        except OSError:
+            continue
+        if fields.get(b"Tgid", b"").strip() == str(tid).encode() and not fields.get(
+                b"State", b"").strip().startswith(b"Z"):
+            left.append(tid)
+    if left:
+        sys.stderr.write(f"xshim: the command has ended; {len(left)} process(es) it left running "
+                         f"(pid {', '.join(map(str, left))}) end with it, as traced processes "
+                         "cannot outlive the supervisor\n")
+        sys.stderr.flush()
 
 
 def exit_code(status: int) -> int:

@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +105,20 @@ def test_run_removes_the_mount_points_it_made(tree: Path) -> None:
               "pwd; test -d /proc/self && test -c /dev/null && echo mounted")
     assert (r.returncode, r.stdout) == (0, "/root\nmounted\n"), r.stderr
     assert snapshot(tree) == before
+
+
+@pytest.mark.root
+@pytest.mark.integration
+def test_background_processes_end_with_the_command_and_it_says_so(tree: Path) -> None:
+    os.symlink("busybox", tree / "bin" / "sleep")
+    start = time.monotonic()
+    r = xshim("run", "--rootfs", str(tree), "--", "/bin/sh", "-c",
+              "sleep 300 & sleep 300 & echo started")
+    assert (r.returncode, r.stdout) == (0, "started\n"), r.stderr
+    assert time.monotonic() - start < 60
+    assert "2 process(es) it left running" in r.stderr and "end with it" in r.stderr
+    quiet = xshim("run", "--rootfs", str(tree), "--", "/bin/sh", "-c", "sleep 0 & wait")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
 
 
 @pytest.mark.root
