@@ -20,7 +20,6 @@ a reader sees the old bundle or the new one, never a half-built one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -36,6 +35,7 @@ from ..shim.layout import Entry, Manifest
 from ..shim.version import __version__
 from . import elf, freeze
 from .errors import BundleError, InputError, bad_platform
+from .fsutil import sha256_file
 
 log = logging.getLogger("xshim")
 
@@ -69,14 +69,6 @@ def parse_platforms(values: Iterable[str]) -> list[Arch]:
     if not out:
         raise InputError("no platform given", "use e.g. --platform linux/arm64")
     return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_output(out: Path) -> None:

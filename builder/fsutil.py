@@ -4,6 +4,7 @@ target is not a regular file."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import tempfile
@@ -81,3 +82,12 @@ class OutputError(OSError):
     def __init__(self, path: str, cause: OSError) -> None:
         super().__init__(cause.errno, cause.strerror or str(cause))
         self.path = path
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

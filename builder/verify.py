@@ -34,8 +34,8 @@ from ..shim import arch as archmod
 from ..shim import layout as L
 from ..shim.layout import Manifest, ManifestError
 from . import elf
-from .bundle import sha256_file
 from .errors import ElfFormatError
+from .fsutil import sha256_file
 
 
 @dataclass(frozen=True)

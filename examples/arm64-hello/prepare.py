@@ -9,99 +9,19 @@
       Fetch PACKAGE for the platform's Debian architecture to DEST, checked against the signed
       archive index; the mirror comes from $XSHIM_MIRROR or this machine's apt configuration.
 
-The test suite makes its base images with the same code (tests/support/builders.py), so the
-example's flow is the tested one.
+The image is written by xshim.builder.image, with which the test suite makes its base images
+too, so the example's flow is the tested one.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
-import json
 import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from xshim.builder.image import base_config, write_image_archive
 from xshim.shim import arch as archmod
-
-DEBIAN_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# A fixed date keeps the archive, and so the image id, the same for the same tree.
-CREATED = "2024-01-01T00:00:00Z"
-
-
-def base_config(**over: Any) -> dict[str, Any]:
-    """The config of Debian's own images: a PATH and ``bash`` as the command."""
-    cfg: dict[str, Any] = {"Env": [DEBIAN_PATH], "Cmd": ["bash"]}
-    cfg.update(over)
-    return cfg
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tf.addfile(info, io.BytesIO(data))
-
-
-def write_image_archive(
-    tree: Path, out: Path, *, tag: str, platform: str, config: Mapping[str, Any]
-) -> Path:
-    """Write ``tree`` as a one-layer docker-archive tagged ``tag`` whose config says ``platform``.
-
-    Written beside ``out`` and renamed into place, so a reader never sees half an archive.
-    """
-    row = archmod.from_platform(platform)
-    os_name, arch_name, *variant = row.platform.split("/")
-    given = platform.split("/")
-    if len(given) == 3:
-        variant = [given[2]]
-    work = Path(tempfile.mkdtemp(prefix=".image-", dir=out.parent))
-    try:
-        layer = work / "layer.tar"
-        # Device nodes and the kernel's file systems come from the runtime, as in any base image.
-        subprocess.run(
-            ["tar", "-C", str(tree), "--numeric-owner", "--xattrs", "--acls",
-             "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*",
-             "-cf", str(layer), "."],
-            check=True,
-        )  # fmt: skip
-        diff_id = "sha256:" + _sha256_file(layer)
-        image: dict[str, Any] = {
-            "architecture": arch_name,
-            "os": os_name,
-            "created": CREATED,
-            "config": dict(config),
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "history": [{"created": CREATED, "created_by": f"rootfs tree ({row.platform})"}],
-        }
-        if variant:
-            image["variant"] = variant[0]
-        cfg = json.dumps(image, sort_keys=True).encode()
-        cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
-        layer_name = diff_id.split(":")[1] + "/layer.tar"
-        manifest = [{"Config": cfg_name, "RepoTags": [tag], "Layers": [layer_name]}]
-        part = work / "image.tar"
-        with tarfile.open(part, "w") as tf:
-            _add_bytes(tf, cfg_name, cfg)
-            tf.add(layer, arcname=layer_name)
-            _add_bytes(tf, "manifest.json", json.dumps(manifest).encode())
-        part.rename(out)
-        return out
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def fetch_deb(package: str, dest: Path, *, platform: str, suite: str | None = None) -> Path:
