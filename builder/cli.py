@@ -262,9 +262,10 @@ examples:
   xshim verify --json .xshim
   xshim verify --root /var/tmp/arm64 /var/tmp/arm64/.xshim
 
-Checks every file against manifest.json (sha256, size, symlink targets), that no file is
-missing or extra, that every ELF is built for the host, and that every PT_INTERP and DT_NEEDED
-resolves inside the bundle at its prefix. With --root TREE it also checks that the bundle sits
+Checks every file against manifest.json (sha256, size, mode, symlink targets), that no file is
+missing or extra, that nothing is setuid, setgid or world-writable, that guest/ is empty, that
+every ELF is built for the host, and that every PT_INTERP and DT_NEEDED resolves inside the
+bundle at its prefix. With --root TREE it also checks that the bundle sits
 at its prefix inside TREE (a bundle anywhere else cannot start: the kernel reports its loader
 as missing). Exits 0 when all is well, 1 naming each problem.
 """

@@ -6,7 +6,9 @@ place in a file: ``SourceError``), ``MissingToolError``/``PrivilegeError`` (exit
 itself failing (exit 1: ``ToolFailedError``, ``BundleError``, ``FreezeError``, ...). Modules that
 talk to one outside system keep their own specific subclasses beside the code that raises them
 (``qemu.MissingEmulatorError``, ``debian.ArchiveError`` and its kinds); they derive from these.
-The shim's errors derive from ``shim.errors.ShimError`` (the shim never imports the builder).
+The Dockerfile lexer's ``LexError`` and ``ShellError`` stay internal to the pure rewriter, which
+turns them into ``SourceError`` with the file and line. The shim's errors derive from
+``shim.errors.ShimError`` (the shim never imports the builder).
 
 ``cli.main`` is the one boundary: it prints ``xshim: error: <message>`` and, on the next line,
 ``hint: <hint>``, then exits with the error's ``exit_code``. Anything else that escapes (an

@@ -17,7 +17,17 @@ import sys
 
 from . import sigstate
 from .errors import ShimError
-from .layout import GUEST, GUEST_SH, GUEST_SYMLINK, Layout, Manifest, ManifestError
+from .layout import (
+    EXEC_NAME,
+    GUEST,
+    GUEST_SH,
+    GUEST_SYMLINK,
+    INSTALL_NAME,
+    RESTORE_NAME,
+    Layout,
+    Manifest,
+    ManifestError,
+)
 
 SH = "/bin/sh"
 
@@ -230,9 +240,9 @@ def _run(layout: Layout, argv: list[bytes], program: bytes | None, search_path: 
 
 
 USAGE = {
-    "xshim-exec": "usage: xshim-exec CMD [ARGS...]\n",
-    "xshim-install": "usage: xshim-install   (swaps /bin/sh for the shim; needs root)\n",
-    "xshim-restore": "usage: xshim-restore [--remove-bundle]\n",
+    EXEC_NAME: f"usage: {EXEC_NAME} CMD [ARGS...]\n",
+    INSTALL_NAME: f"usage: {INSTALL_NAME}   (swaps /bin/sh for the shim; needs root)\n",
+    RESTORE_NAME: f"usage: {RESTORE_NAME} [--remove-bundle]\n",
 }
 
 
@@ -241,14 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv if argv is None else argv)
     role = os.path.basename(args[0]) if args else "sh"
     layout = find_layout()
-    if role in ("xshim-install", "xshim-restore"):
+    if role in (INSTALL_NAME, RESTORE_NAME):
         if any(a not in ("--remove-bundle",) for a in args[1:]) or (
-            role == "xshim-install" and len(args) > 1
+            role == INSTALL_NAME and len(args) > 1
         ):
             sys.stderr.write(USAGE[role])
             return 2
         try:
-            if role == "xshim-install":
+            if role == INSTALL_NAME:
                 install(layout)
             else:
                 restore(layout, remove_bundle="--remove-bundle" in args)
@@ -262,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     bargv = [os.fsencode(a) for a in args]
-    if role == "xshim-exec":
+    if role == EXEC_NAME:
         if len(bargv) < 2:
             sys.stderr.write(USAGE[role])
             return 2
