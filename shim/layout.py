@@ -297,13 +297,21 @@ class Manifest(NamedTuple):
             if e.path in seen:
                 raise ManifestError(f"{e.path}: listed twice")
             seen.add(e.path)
-        emulators = {str(k): str(v) for k, v in data["emulators"].items()}
+        emulators: dict[str, str] = {}
+        for name, path in data["emulators"].items():
+            rel = safe_relative(path)
+            if rel is None:
+                raise ManifestError(f"bad emulator path {path!r} for {name!r}")
+            emulators[str(name)] = rel
+        loader = safe_relative(data["loader"])
+        if loader is None:
+            raise ManifestError(f"bad loader path {data['loader']!r}")
         return cls(
             prefix=prefix.rstrip("/"),
             host_arch=data["host_arch"],
             platforms=tuple(str(p) for p in data["platforms"]),
             emulators=emulators,
-            loader=data["loader"],
+            loader=loader,
             entries=entries,
             dirs=dirs,
             xshim_version=str(data.get("xshim_version", "")),

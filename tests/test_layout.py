@@ -84,6 +84,10 @@ def _broken(change: str) -> dict[str, object]:
         del data["dirs"]
     elif change == "prefix":
         data["prefix"] = "relative"
+    elif change == "loader":
+        data["loader"] = "/lib64/ld-linux-x86-64.so.2"
+    elif change == "emulator":
+        data["emulators"] = {"aarch64": "../qemu-aarch64-static"}
     return data
 
 
@@ -98,6 +102,8 @@ def _broken(change: str) -> dict[str, object]:
     ("twice", "bin/sh: listed twice"),
     ("no-dirs", "has no valid 'dirs'"),
     ("prefix", "bad prefix 'relative'"),
+    ("loader", "bad loader path '/lib64/ld-linux-x86-64.so.2'"),
+    ("emulator", "bad emulator path '../qemu-aarch64-static' for 'aarch64'"),
 ])
 def test_invalid_manifests_are_refused(change: str, needle: str) -> None:
     with pytest.raises(ManifestError) as e:
