@@ -44,10 +44,11 @@ def write_output(path: str | os.PathLike[str], data: bytes) -> None:
     """Write an output file the way ``> path`` would, but atomically where that is possible.
 
     A regular file (or a new one) is replaced atomically; a symlink is followed and its target
-    replaced the same way, the link kept. Anything else (a device such as /dev/stdout or
-    /dev/null, a FIFO, a socket) cannot be replaced without destroying it, so it is opened and
-    written through, exactly as a shell redirect writes to it. Raises OutputError, naming the
-    path, when it cannot be written at all (nothing is written then).
+    replaced the same way, the link kept. Anything else (a device such as /dev/null, a FIFO, a
+    socket) cannot be replaced without destroying it, and a path under /dev or /proc such as
+    /dev/stdout stands for a descriptor already open elsewhere, so those are opened and written
+    through (truncated first), exactly as a shell redirect writes to them. Raises OutputError,
+    naming the path, when it cannot be written at all (nothing is written then).
     """
     try:
         st: os.stat_result | None = os.stat(path)  # through symlinks, as open(2) goes
@@ -57,7 +58,10 @@ def write_output(path: str | os.PathLike[str], data: bytes) -> None:
         raise OutputError(str(path), e) from None
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise OutputError(str(path), IsADirectoryError(21, os.strerror(21)))
-    if st is not None and not stat.S_ISREG(st.st_mode):
+    # /dev/stdout and the like stand for a descriptor someone else holds open: even when it is a
+    # regular file, replacing it would leave that descriptor on the old one.
+    through_fd = os.path.abspath(path).startswith(("/dev/", "/proc/"))
+    if st is not None and (through_fd or not stat.S_ISREG(st.st_mode)):
         # Opened by its own name: /dev/stdout's link through /proc/self/fd names no real path.
         try:
             fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)

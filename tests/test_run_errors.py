@@ -188,6 +188,22 @@ def test_patch_to_dev_stdout_writes_through_it(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["Dockerfile"]
 
 
+def test_patch_to_dev_stdout_on_a_file_writes_into_that_file(tmp_path: Path) -> None:
+    """With stdout on a regular file, /dev/stdout is reopened as a shell redirect would reopen
+    it: the caller's file gets the text, and is not replaced by another behind its back."""
+    (tmp_path / "Dockerfile").write_text(ARM)
+    out = tmp_path / "out"
+    out.write_text("old content, longer than nothing")
+    before = out.stat().st_ino
+    with out.open("r+") as f:
+        r = subprocess.run([XSHIM, "patch", "Dockerfile", "-o", "/dev/stdout"], stdout=f,
+                           stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_ino == before
+    assert out.read_text().startswith(ARM.splitlines()[0] + "\nARG XSHIM_TRACE\n")
+    assert "old content" not in out.read_text()
+
+
 def test_patch_to_a_fifo_writes_through_it(workdir: Path, capsys: pytest.CaptureFixture[str]
                                            ) -> None:
     fifo = workdir / "pipe"
