@@ -180,6 +180,20 @@ def test_one_platform_fits_in_40_mb(tmp_path: Path) -> None:
     assert total <= 40 * 1024 * 1024, f"{total / 1e6:.1f} MB"
 
 
+def test_modes_are_fixed_whatever_the_umask(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    r = subprocess.run([XSHIM, "bundle", "--platform", "linux/arm64", "-o", str(out)],
+                       capture_output=True, text=True, timeout=900,
+                       preexec_fn=lambda: os.umask(0))
+    assert r.returncode == 0, r.stderr
+    modes = {p.relative_to(out).as_posix(): p.lstat().st_mode & 0o7777
+             for p in [out, *out.rglob("*")] if not p.is_symlink()}
+    assert set(modes.values()) <= {0o755, 0o644}, {k: oct(v) for k, v in modes.items()}
+    assert modes["manifest.json"] == 0o644 and modes["bin/sh"] == 0o755
+    v = run_xshim("verify", str(out))
+    assert v.returncode == 0, v.stdout
+
+
 def test_second_build_is_cached_and_replaces_the_old_bundle(tmp_path: Path, built: Path) -> None:
     out = tmp_path / "b"
     make_bundle(out, "linux/arm64")
