@@ -11,10 +11,12 @@ from typing import NamedTuple
 
 from .arch import ET_DYN, ET_EXEC, Arch, NotElfError, arch_of, natively_runs, parse_ident
 
-# The kernel reads this much of a file to pick a binary format (BINPRM_BUF_SIZE) and follows at
-# most this many levels of #! interpreters (BINPRM_MAX_RECURSION, counting the first exec).
+# The kernel reads this much of a file to pick a binary format (BINPRM_BUF_SIZE). exec_binprm()
+# allows six rounds of binary handlers: up to five #! scripts before a native program, and four
+# before a foreign one, whose binfmt_misc handler takes a round of its own; one more is ELOOP.
 HEADER_SIZE = 256
-MAX_SCRIPT_DEPTH = 4
+MAX_SCRIPT_DEPTH = 5
+MAX_FOREIGN_SCRIPT_DEPTH = 4
 
 
 class Native(NamedTuple):
@@ -51,31 +53,65 @@ class Unknown(NamedTuple):
 Kind = Native | Foreign | UnknownElf | Script | Unknown
 
 
-def parse_shebang(header: bytes) -> Script | None:
-    """Split a ``#!`` line the way Linux's binfmt_script does.
+def _spacetab(c: int) -> bool:
+    return c in (0x20, 0x09)
 
-    The interpreter runs up to the first blank; everything after it, trimmed, is one argument.
-    A line longer than the header with no end in sight is not a script the kernel would run.
+
+def _next_non_spacetab(buf: bytes, first: int, last: int) -> int | None:
+    for i in range(first, last + 1):
+        if not _spacetab(buf[i]):
+            return i
+    return None
+
+
+def _next_terminator(buf: bytes, first: int, last: int) -> int | None:
+    for i in range(first, last + 1):
+        if _spacetab(buf[i]) or buf[i] == 0:
+            return i
+    return None
+
+
+def _cstring(buf: bytes, at: int) -> bytes:
+    nul = buf.find(b"\0", at)
+    return buf[at:nul if nul >= 0 else len(buf)]
+
+
+def parse_shebang(header: bytes) -> Script | None:
+    """Split a ``#!`` line exactly as Linux's fs/binfmt_script.c does (load_script).
+
+    The kernel sees the first HEADER_SIZE bytes, NUL-padded. The line ends at the first newline
+    before any NUL; without one, the interpreter must end (blank or NUL) inside the buffer, whose
+    last byte is then cut off. Trailing blanks (not ``\\r``) are trimmed; the interpreter runs to
+    the first blank or NUL, and everything after the blanks that follow it, up to the end of the
+    line or a NUL, is one argument (possibly empty).
     """
     if not header.startswith(b"#!"):
         return None
-    line = header[2:]
-    end = line.find(b"\n")
+    buf = header[:HEADER_SIZE].ljust(HEADER_SIZE, b"\0")
+    last = HEADER_SIZE - 1
+    nul = buf.find(b"\0")
+    end = buf.find(b"\n", 0, nul if nul >= 0 else HEADER_SIZE)
     if end < 0:
-        if len(header) >= HEADER_SIZE:
-            # binfmt_script accepts a truncated line only if the interpreter ends inside it.
-            stripped = line.lstrip(b" \t")
-            if not any(c in stripped for c in (b" ", b"\t")):
-                return None
-        end = len(line)
-    line = line[:end].replace(b"\0", b" ").strip(b" \t\r")
-    if not line:
+        first = _next_non_spacetab(buf, 2, last)
+        if first is None or _next_terminator(buf, first, last) is None:
+            return None  # all blanks, or an interpreter path that may be truncated
+        end = last
+    while _spacetab(buf[end - 1]):
+        end -= 1
+    name = _next_non_spacetab(buf, 2, end)
+    if name is None or name == end:
         return None
-    for i, c in enumerate(line):
-        if c in (0x20, 0x09):
-            interp, rest = line[:i], line[i:].strip(b" \t")
-            return Script(interp, rest or None)
-    return Script(line, None)
+    sep = _next_terminator(buf, name, end)
+    arg = None
+    if sep is not None and buf[sep] != 0:
+        arg = _next_non_spacetab(buf, sep, end)
+    line = bytearray(buf)
+    line[end] = 0  # the kernel writes NULs at the end of the line and after the interpreter
+    if arg is not None:
+        assert sep is not None
+        line[sep] = 0
+        return Script(_cstring(bytes(line), name), _cstring(bytes(line), arg))
+    return Script(_cstring(bytes(line), name), None)
 
 
 def classify(header: bytes, host: Arch) -> Kind:

@@ -14,6 +14,8 @@ import struct
 _libc = ctypes.CDLL(None, use_errno=True)
 
 # ptrace requests and options (linux/ptrace.h).
+PTRACE_PEEKDATA = 2
+PTRACE_POKEDATA = 5
 PTRACE_CONT = 7
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
@@ -21,6 +23,7 @@ PTRACE_SYSCALL = 24
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
 
 PTRACE_O_TRACESYSGOOD = 0x1
@@ -41,6 +44,7 @@ PTRACE_EVENT_STOP = 128
 WALL = 0x40000000  # __WALL: wait for threads too
 
 # x86_64 syscall numbers.
+NR_CLONE = 56
 NR_EXECVE = 59
 NR_EXECVEAT = 322
 NR_OPENAT2 = 437
@@ -60,6 +64,8 @@ SECCOMP_RET_TRACE = 0x7FF00000
 AUDIT_ARCH_X86_64 = 0xC000003E
 _BPF_LD_W_ABS = 0x20
 _BPF_JEQ_K = 0x15
+_BPF_JSET_K = 0x45
+CLONE_UNTRACED = 0x00800000
 _BPF_RET_K = 0x06
 
 
@@ -123,12 +129,30 @@ def _raise(what: str) -> None:
 
 
 def ptrace(request: int, pid: int, addr: int = 0, data: int = 0) -> int:
-    # None of the requests used here returns data in its return value (no PEEK*), so -1 always
-    # means failure and errno need not be cleared first: this runs several times per exec.
+    # No request sent through here returns data in its return value (PEEKDATA has its own
+    # wrapper), so -1 always means failure and errno need not be cleared first: this runs
+    # several times per exec.
     r: int = _ptrace(request, pid, addr, data)
     if r == -1:
         _raise("ptrace")
     return r
+
+
+def peek(pid: int, addr: int) -> int:
+    """One word of the tracee's memory (PTRACE_PEEKDATA), as an unsigned integer."""
+    ctypes.set_errno(0)
+    r: int = _ptrace(PTRACE_PEEKDATA, pid, addr, 0)
+    if r == -1 and ctypes.get_errno():
+        _raise("ptrace(PTRACE_PEEKDATA)")
+    return r & 0xFFFFFFFFFFFFFFFF
+
+
+def poke(pid: int, addr: int, word: int) -> None:
+    ptrace(PTRACE_POKEDATA, pid, addr, word)
+
+
+def interrupt(pid: int) -> None:
+    ptrace(PTRACE_INTERRUPT, pid, 0, 0)
 
 
 def seize(pid: int, options: int) -> None:
@@ -171,18 +195,29 @@ def _chunk(addr: int, first: bool) -> int:
     return min(rest, 256) if first else rest
 
 
-class TraceeMemory:
-    """Reads and writes a stopped tracee's memory.
+class Unreadable(OSError):
+    """Even PTRACE_PEEKDATA/POKEDATA failed: the address is unmapped, or the tracee is not
+    dumpable (it changed its credentials) and we lack CAP_SYS_PTRACE. The caller tells the two
+    apart by making the tracee dumpable and trying again."""
 
-    process_vm_readv/writev are one syscall per transfer, but Docker's default seccomp profile
-    refuses them to containers without CAP_SYS_PTRACE; /proc/PID/mem works for any ptrace-attached
-    tracer, so the first EPERM switches to it for the rest of the run.
+
+class TraceeMemory:
+    """Reads and writes a stopped tracee's memory, by the cheapest means the kernel allows.
+
+    1. process_vm_readv/writev: one syscall per transfer. Docker's default seccomp profile
+       refuses them to containers without CAP_SYS_PTRACE; a probe on our own pid at start tells
+       that refusal apart from a refusal for one tracee, and selects /proc/PID/mem for the run.
+    2. /proc/PID/mem, which like process_vm_* is subject to __ptrace_may_access(): without
+       CAP_SYS_PTRACE it is refused for a tracee whose uids differ from ours (apt's ``_apt``
+       methods, setpriv, runuser, su) or that is not dumpable.
+    3. PTRACE_PEEKDATA/POKEDATA, one word per syscall, which only check that we are the tracer
+       and that the tracee is dumpable (ptrace_access_vm): any uid will do.
     """
 
     _BUF = 4096  # reads never cross a page (see read_cstring), so one page-sized buffer will do
 
     def __init__(self) -> None:
-        self.use_proc_mem = False
+        self.use_proc_mem = not _vm_readv_allowed()
         # One buffer and iovec pair reused for every read: this runs on every exec.
         self._buf = ctypes.create_string_buffer(self._BUF)
         self._buf_addr = ctypes.addressof(self._buf)
@@ -206,14 +241,45 @@ class TraceeMemory:
             if n >= 0:
                 return ctypes.string_at(self._buf_addr, n)
             e = ctypes.get_errno()
-            if e not in (errno.EPERM, errno.ENOSYS):
+            if e != errno.EPERM:
                 raise OSError(e, f"process_vm_readv: {os.strerror(e)}")
-            self.use_proc_mem = True
-        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            return self._peek(pid, addr, size)
+        try:
+            fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError:
+            return self._peek(pid, addr, size)
         try:
             return os.pread(fd, size, addr)
         finally:
             os.close(fd)
+
+    def _peek(self, pid: int, addr: int, size: int) -> bytes:
+        """Word by word; like a process_vm_readv, short where the memory ends."""
+        start = addr & ~7
+        out = bytearray()
+        try:
+            for at in range(start, addr + size, 8):
+                out += peek(pid, at).to_bytes(8, "little")
+        except OSError as e:
+            if not out:
+                raise Unreadable(e.errno or errno.EIO, f"tracee memory: {e.strerror}") from None
+        return bytes(out[addr - start:addr - start + size])
+
+    def _poke(self, pid: int, addr: int, data: bytes) -> None:
+        start = addr & ~7
+        end = addr + len(data)
+        head = addr - start
+        try:
+            buf = bytearray()
+            if head:
+                buf += peek(pid, start).to_bytes(8, "little")[:head]
+            buf += data
+            if end & 7:
+                buf += peek(pid, end & ~7).to_bytes(8, "little")[end & 7:]
+            for i in range(0, len(buf), 8):
+                poke(pid, start + i, int.from_bytes(buf[i:i + 8], "little"))
+        except OSError as e:
+            raise Unreadable(e.errno or errno.EIO, f"tracee memory: {e.strerror}") from None
 
     def write(self, pid: int, addr: int, data: bytes) -> None:
         if not self.use_proc_mem:
@@ -232,10 +298,15 @@ class TraceeMemory:
             if n >= 0:
                 raise OSError(errno.EFAULT, "process_vm_writev: short write")
             e = ctypes.get_errno()
-            if e not in (errno.EPERM, errno.ENOSYS):
+            if e != errno.EPERM:
                 raise OSError(e, f"process_vm_writev: {os.strerror(e)}")
-            self.use_proc_mem = True
-        fd = os.open(f"/proc/{pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
+            self._poke(pid, addr, data)
+            return
+        try:
+            fd = os.open(f"/proc/{pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
+        except PermissionError:
+            self._poke(pid, addr, data)
+            return
         try:
             if os.pwrite(fd, data, addr) != len(data):
                 raise OSError(errno.EFAULT, "/proc/PID/mem: short write")
@@ -270,15 +341,18 @@ class TraceeMemory:
             return b""
 
     def read_cstring(
-        self, pid: int, addr: int, limit: int = 1 << 16, first: bytes | None = None
+        self, pid: int, addr: int, limit: int = 1 << 16, first: bytes | None = None,
+        partial: bool = False,
     ) -> bytes:
         """A NUL-terminated string; reads page by page so an unmapped next page is no error.
 
-        ``first`` is the first chunk when the caller has read it already (read_pair).
+        ``first`` is the first chunk when the caller has read it already (read_pair). A string
+        of ``limit`` bytes or more is an error (E2BIG), or with ``partial`` returned as far as
+        read (at least ``limit`` bytes, so the caller can tell).
         """
         out = b""
         while len(out) < limit:
-            if first is not None:
+            if first:  # an empty first chunk failed to read: read again, to raise the cause
                 chunk, first = first, None
             else:
                 chunk = self.read(pid, addr, _chunk(addr, not out))
@@ -289,6 +363,8 @@ class TraceeMemory:
                 return out + chunk[:nul]
             out += chunk
             addr += len(chunk)
+        if partial:
+            return out
         raise OSError(errno.E2BIG, "string in tracee too long")
 
     def read_pointers(
@@ -302,7 +378,7 @@ class TraceeMemory:
         if addr == 0:
             return out
         while len(out) < limit:
-            if first is not None:
+            if first:  # an empty first chunk failed to read: read again, to raise the cause
                 chunk, first = first, None
             else:
                 chunk = self.read(pid, addr, _chunk(addr, not out))
@@ -317,6 +393,27 @@ class TraceeMemory:
         raise OSError(errno.E2BIG, "pointer array in tracee too long")
 
 
+def _vm_readv_allowed() -> bool:
+    """Whether process_vm_readv works at all here: reading our own memory is always permitted by
+    the kernel, so an EPERM or ENOSYS can only come from a seccomp profile."""
+    buf = ctypes.create_string_buffer(8)
+    local = _Iovec(ctypes.addressof(buf), 8)
+    remote = _Iovec(ctypes.addressof(buf), 8)
+    n: int = _vm_readv(os.getpid(), ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    return n == 8
+
+
+NR_KCMP = 312
+KCMP_VM = 1
+
+
+def same_memory(a: int, b: int) -> bool:
+    """Whether two processes share one address space (kcmp KCMP_VM); False where refused."""
+    r: int = _syscall(NR_KCMP, ctypes.c_int(a), ctypes.c_int(b), ctypes.c_int(KCMP_VM),
+                      ctypes.c_ulong(0), ctypes.c_ulong(0))
+    return r == 0
+
+
 def set_no_new_privs() -> None:
     if _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         _raise("prctl(PR_SET_NO_NEW_PRIVS)")
@@ -327,13 +424,19 @@ def install_exec_filter() -> None:
 
     Only x86_64-ABI calls are trapped: i386 (int 0x80) and x32 execs reach the kernel untouched,
     so a 32-bit x86 program that itself execs a foreign binary gets the kernel's ENOEXEC.
+    A clone() with CLONE_UNTRACED is trapped too, for the tracer to clear the flag: an untraced
+    child's execs would meet this filter's RET_TRACE with no tracer, which fails them (ENOSYS).
+    clone3() keeps its flags in memory the filter cannot see; it is let through.
     """
     prog = [
         (_BPF_LD_W_ABS, 0, 0, 4),  # A = seccomp_data.arch
-        (_BPF_JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        (_BPF_JEQ_K, 0, 6, AUDIT_ARCH_X86_64),
         (_BPF_LD_W_ABS, 0, 0, 0),  # A = seccomp_data.nr
-        (_BPF_JEQ_K, 2, 0, NR_EXECVE),
-        (_BPF_JEQ_K, 1, 0, NR_EXECVEAT),
+        (_BPF_JEQ_K, 5, 0, NR_EXECVE),
+        (_BPF_JEQ_K, 4, 0, NR_EXECVEAT),
+        (_BPF_JEQ_K, 0, 2, NR_CLONE),
+        (_BPF_LD_W_ABS, 0, 0, 16),  # A = low half of seccomp_data.args[0], clone's flags
+        (_BPF_JSET_K, 1, 0, CLONE_UNTRACED),
         (_BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
         (_BPF_RET_K, 0, 0, SECCOMP_RET_TRACE),
     ]

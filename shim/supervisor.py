@@ -5,6 +5,10 @@ following every fork, vfork and clone. At each trapped exec the target is examin
 sees it (its root, cwd, dirfd); a foreign ELF, or a script whose interpreter is one, gets the
 syscall rewritten to ``execve(<emulator>, [emulator, "-0", argv0, path, args...], envp)``.
 Everything else is left to the kernel, whose answer the tracee gets unchanged.
+
+This module starts the command and runs the event loop. The layers below it: shim/execs.py
+handles one trapped exec, shim/plan.py decides it (shim/decide.py is its pure core),
+shim/blind.py and shim/inject.py get at tracees /proc hides, shim/ptrace.py binds the syscalls.
 """
 
 from __future__ import annotations
@@ -13,27 +17,18 @@ import contextlib
 import errno
 import os
 import signal
-import stat
-import struct
 import sys
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
+from . import inject as ij
 from . import ptrace as pt
 from . import sigstate
 from .arch import Arch, host_arch
-from .decide import (
-    HEADER_SIZE,
-    MAX_SCRIPT_DEPTH,
-    Foreign,
-    Kind,
-    Native,
-    Script,
-    UnknownElf,
-    classify,
-    emulated_argv,
-)
+from .decide import HEADER_SIZE, Foreign, Native, classify
 from .errors import ShimError
+from .execs import Execs
+from .plan import Planner
 from .tracelog import TraceSink
 
 if TYPE_CHECKING:
@@ -52,7 +47,6 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
                      signal.SIGUSR1, signal.SIGUSR2)
 _GROUP_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 _SYSCALL_STOP = signal.SIGTRAP | 0x80
-_RED_ZONE = 128
 
 
 class Config(NamedTuple):
@@ -73,44 +67,22 @@ class SupervisorError(ShimError):
     """The supervisor could not start the command (ptrace or seccomp refused, ...)."""
 
 
-class _Plan(NamedTuple):
-    emulator: bytes
-    arch: Arch
-    program: bytes  # what qemu loads
-    head: list[bytes]  # new argv up to the caller's argv[1:]
-    path_override: bytes | None  # the script/program path when the caller's cannot be reused
-    scripts: list[Script]
-
-
-class _Leave(NamedTuple):
-    decision: str  # "native", "kernel" or "refused"
-    reason: str
-    arch: Arch | None = None
-
-
-def _errname(e: int) -> str:
-    return errno.errorcode.get(e, str(e))
-
-
 class Supervisor:
     def __init__(self, config: Config) -> None:
         self.cfg = config
         self.host = host_arch()
-        self.mem = pt.TraceeMemory()
-        self.regs = pt.UserRegs()
-        self.saved: dict[int, tuple[int, int, int]] = {}  # pid -> rdi, rsi, rdx before a rewrite
         # Tracees whose first stop has been seen. A new tracee's first stop can reach us before
         # or after its parent's fork event, so that stop alone marks it.
         self.started: set[int] = set()
         self.parent: dict[int, int] = {}  # child -> parent, kept only when tracing
         self.exec_time: dict[int, float] = {}
-        self.warned: set[str] = set()
-        # classify() memoised on the header bytes: the same few programs are exec'd over and over.
-        self.kinds: dict[bytes, Kind] = {}
         self.main = -1
-        self.guest_shell_arch = (
-            guest_arch(config.guest_shell, config.chroot) if config.guest_shell else None
+        planner = Planner(
+            config.emulators, config.self_ids, config.guest_shell,
+            guest_arch(config.guest_shell, config.chroot) if config.guest_shell else None,
+            config.chroot or "/",
         )
+        self.execs = Execs(config.emulators, planner, config.trace, self._traced_parent)
 
     # -- start -------------------------------------------------------------------------------
 
@@ -204,9 +176,13 @@ class Supervisor:
         # stop is only worth making when an exit record will carry its CPU time.
         with_usage = self.cfg.trace is not None
         usage: resource.struct_rusage | None = None
+        execs = self.execs
+        deaths = execs.inj.deaths  # tracees that died while running an injected call
         while True:
             try:
-                if with_usage:
+                if deaths:
+                    (pid, status), usage = deaths.pop(0), None
+                elif with_usage:
                     pid, status, usage = os.wait4(-1, pt.WALL)
                 else:
                     pid, status = os.waitpid(-1, pt.WALL)
@@ -221,23 +197,25 @@ class Supervisor:
             event = status >> 16
             try:
                 if event == pt.PTRACE_EVENT_SECCOMP:
-                    self._on_exec(pid)
+                    if self.cfg.trace is not None:
+                        self.exec_time[pid] = time.monotonic()
+                    execs.on_exec(pid)
                 elif event == 0:
                     if sig == _SYSCALL_STOP:
-                        self._on_syscall_exit(pid)
+                        execs.on_syscall_exit(pid)
                     else:
                         pt.cont(pid, sig)  # signal-delivery stop: deliver it
                 elif event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
                     if self.cfg.trace is not None:
                         self.parent[pt.geteventmsg(pid)] = pid
-                    pt.cont(pid)
+                    execs.on_fork(pid)
                 elif event == pt.PTRACE_EVENT_EXEC:
                     # Success: nothing to restore. Resuming with CONT (not SYSCALL) also skips
                     # this exec's syscall-exit stop.
-                    self.saved.pop(pid, None)
+                    execs.done(pid)
                     former = pt.geteventmsg(pid)
                     if former != pid:  # a non-leader thread exec'd and took the leader's pid
-                        self.saved.pop(former, None)
+                        execs.done(former)
                         self.started.discard(former)
                         if former in self.exec_time:
                             self.exec_time[pid] = self.exec_time.pop(former)
@@ -246,7 +224,7 @@ class Supervisor:
                     self._on_stop(pid, sig)
                 else:
                     pt.cont(pid)
-            except ProcessLookupError:
+            except (ProcessLookupError, ij.TraceeGone):
                 pass  # killed while stopped (SIGKILL, or its thread group exec'd)
 
     def _on_stop(self, pid: int, sig: int) -> None:
@@ -263,7 +241,7 @@ class Supervisor:
 
     def _exited(self, pid: int, status: int, usage: resource.struct_rusage | None) -> None:
         self.started.discard(pid)
-        self.saved.pop(pid, None)
+        self.execs.forget(pid)
         self.parent.pop(pid, None)
         started = self.exec_time.pop(pid, None)
         if self.cfg.trace is not None and started is not None:
@@ -278,361 +256,6 @@ class Supervisor:
                 break
             p = self.parent.get(p, 0)
         return p
-
-    def _on_syscall_exit(self, pid: int) -> None:
-        saved = self.saved.pop(pid, None)
-        if saved is not None:
-            regs = self.regs
-            pt.getregs(pid, regs)
-            if regs.rax >= 1 << 63:  # the rewritten exec failed: give back the caller's registers
-                regs.rdi, regs.rsi, regs.rdx = saved
-                pt.setregs(pid, regs)
-        pt.cont(pid)
-
-    # -- one exec ----------------------------------------------------------------------------
-
-    def _on_exec(self, pid: int) -> None:
-        regs = self.regs
-        pt.getregs(pid, regs)
-        nr = regs.orig_rax
-        if nr == pt.NR_EXECVE:
-            dirfd, path_p, argv_p, envp_p, flags = pt.AT_FDCWD, regs.rdi, regs.rsi, regs.rdx, 0
-        elif nr == pt.NR_EXECVEAT:
-            dirfd = struct.unpack("i", struct.pack("I", regs.rdi & 0xFFFFFFFF))[0]
-            path_p, argv_p, envp_p, flags = regs.rsi, regs.rdx, regs.r10, regs.r8
-        else:
-            pt.cont(pid)
-            return
-        if self.cfg.trace is not None:
-            self.exec_time[pid] = time.monotonic()
-        # The path and the start of argv in one read; argv is wasted on a native exec, but
-        # almost every exec under the supervisor is a foreign one.
-        path_head, argv_head = self.mem.read_pair(pid, path_p, argv_p)
-        try:
-            path = self.mem.read_cstring(pid, path_p, first=path_head) if path_p else b""
-        except OSError:
-            pt.cont(pid)  # the kernel will answer EFAULT
-            return
-        outcome = self._plan(pid, dirfd, path, flags)
-        trace = self.cfg.trace
-        if isinstance(outcome, _Leave):
-            if outcome.decision == "refused":
-                self._warn_refused(path, outcome)
-            if trace is not None:
-                self._trace_leave(pid, path, argv_p, outcome)
-            pt.cont(pid)
-            return
-        try:
-            argv_ptrs = self.mem.read_pointers(pid, argv_p, first=argv_head)
-            self._rewrite(pid, outcome, path_p, argv_ptrs, envp_p)
-        except OSError as e:
-            self._leave_after_error(pid, path, argv_p, e)
-            return
-        if trace is not None:
-            argv = self._strings(pid, argv_ptrs)
-            extra: dict[str, object] = {"emulator": os.path.basename(outcome.emulator).decode(),
-                                        "arch": outcome.arch.name}
-            if outcome.scripts:
-                extra["script"] = [s.interpreter.decode(errors="replace") for s in outcome.scripts]
-            trace.exec(pid, self._traced_parent(pid), path, argv, "emulate", **extra)
-        pt.cont_syscall(pid)
-
-    def _leave_after_error(self, pid: int, path: bytes, argv_p: int, e: OSError) -> None:
-        out = _Leave("kernel", f"could not rewrite the exec: {e.strerror}")
-        if self.cfg.trace is not None:
-            self._trace_leave(pid, path, argv_p, out)
-        pt.cont(pid)
-
-    def _rewrite(
-        self, pid: int, plan: _Plan, path_p: int, argv_ptrs: list[int], envp_p: int
-    ) -> None:
-        """Write the new argv below the tracee's stack pointer and point execve at it.
-
-        The caller's own strings (argv[1:], and the path when it can be reused) stay where they
-        are; only new strings and the new pointer array are written, so a huge argv costs one
-        small write.
-        """
-        regs = self.regs
-        strings = list(plan.head)
-        argv0 = argv_ptrs[0] if argv_ptrs else 0
-        # Which head entries can point at memory the caller already has.
-        reuse: dict[int, int] = {}
-        if not plan.scripts:
-            if argv0:
-                reuse[2] = argv0
-            if plan.path_override is None:
-                reuse[3] = path_p
-        elif plan.path_override is None:
-            reuse[len(strings) - 1] = path_p
-        blob = bytearray()
-        offsets: list[int] = []
-        for i, s in enumerate(strings):
-            if i in reuse:
-                offsets.append(-1)
-                continue
-            offsets.append(len(blob))
-            blob += s + b"\0"
-        tail = argv_ptrs[1:]
-        nptrs = len(strings) + len(tail) + 1
-        size = nptrs * 8 + len(blob)
-        base = (regs.rsp - _RED_ZONE - size) & ~15
-        str_base = base + nptrs * 8
-        ptrs = [reuse[i] if off < 0 else str_base + off for i, off in enumerate(offsets)]
-        ptrs.extend(tail)
-        ptrs.append(0)
-        self.mem.write(pid, base, struct.pack(f"<{nptrs}Q", *ptrs) + bytes(blob))
-        self.saved[pid] = (regs.rdi, regs.rsi, regs.rdx)
-        regs.orig_rax = pt.NR_EXECVE
-        regs.rdi = ptrs[0]
-        regs.rsi = base
-        regs.rdx = envp_p
-        pt.setregs(pid, regs)
-
-    # -- deciding ----------------------------------------------------------------------------
-
-    def _plan(self, pid: int, dirfd: int, path: bytes, flags: int) -> _Plan | _Leave:
-        try:
-            root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            return _Leave("kernel", f"cannot see the tracee's root: {e.strerror}")
-        try:
-            return self._plan_in(pid, root_fd, dirfd, path, flags)
-        finally:
-            os.close(root_fd)
-
-    def _plan_in(
-        self, pid: int, root_fd: int, dirfd: int, path: bytes, flags: int
-    ) -> _Plan | _Leave:
-        path_override: bytes | None = None
-        if dirfd != pt.AT_FDCWD and not path.startswith(b"/"):
-            located = self._locate_at(pid, dirfd, path, flags)
-            if isinstance(located, _Leave):
-                return located
-            lookup, path_override = located
-        else:
-            lookup = self._absolute(pid, path)
-            fd_link = lookup.split(b"/fd/", 1) if lookup.startswith(b"/proc/") else []
-            if len(fd_link) == 2 and fd_link[1].isdigit():
-                # execve("/proc/self/fd/N") (glibc's fexecve fallback): qemu opens the path only
-                # after the exec, when a close-on-exec N is gone, so hand it a real name.
-                owner = fd_link[0].removeprefix(b"/proc/")
-                if owner.isdigit() and int(owner) == pid:
-                    located = self._locate_at(pid, int(fd_link[1]), b"", pt.AT_EMPTY_PATH)
-                    if isinstance(located, _Leave):
-                        return located
-                    lookup, path_override = located
-        opened = self._open_exec(pid, root_fd, lookup, flags & pt.AT_SYMLINK_NOFOLLOW != 0)
-        if isinstance(opened, _Leave):
-            return opened
-        header, ident = opened
-        if ident in self.cfg.self_ids and self.cfg.guest_shell is not None:
-            return self._plan_shell([], None)
-        kind = self._classify(header)
-        scripts: list[Script] = []
-        program = path_override if path_override is not None else path
-        while isinstance(kind, Script):
-            scripts.append(kind)
-            if len(scripts) >= MAX_SCRIPT_DEPTH:
-                return _Leave("kernel", "too many levels of #! interpreters")
-            interp = kind.interpreter
-            opened = self._open_exec(pid, root_fd, self._absolute(pid, interp), False)
-            if isinstance(opened, _Leave):
-                return _Leave(opened.decision, f"interpreter {interp.decode(errors='replace')}: "
-                              f"{opened.reason}")
-            header, ident = opened
-            if ident in self.cfg.self_ids and self.cfg.guest_shell is not None:
-                return self._plan_shell(scripts, path_override or path)
-            kind = self._classify(header)
-            program = interp
-        if isinstance(kind, Native):
-            return _Leave("native", kind.arch.name, kind.arch)
-        if isinstance(kind, UnknownElf):
-            return _Leave("kernel", f"ELF machine {kind.machine} is not in the architecture table")
-        if not isinstance(kind, Foreign):
-            return _Leave("kernel", "not an executable format")
-        emulator = self.cfg.emulators.get(kind.arch.name)
-        if emulator is None:
-            return _Leave("refused", f"no emulator for {kind.arch.name}", kind.arch)
-        script_path = (path_override or path) if scripts else None
-        head = emulated_argv(emulator, b"", program, scripts, script_path)
-        return _Plan(emulator, kind.arch, program, head, path_override, scripts)
-
-    def _classify(self, header: bytes) -> Kind:
-        kind = self.kinds.get(header)
-        if kind is None:
-            if len(self.kinds) >= 1024:
-                self.kinds.clear()
-            kind = self.kinds[header] = classify(header, self.host)
-        return kind
-
-    def _plan_shell(self, scripts: list[Script], script_path: bytes | None) -> _Plan | _Leave:
-        """The shim was exec'd (as /bin/sh, or as a #! interpreter): run the image's shell.
-
-        ``script_path`` is the script being run when the shim is its interpreter; the caller's
-        own path pointer is reused for it unless the exec went through a descriptor.
-        """
-        shell = self.cfg.guest_shell
-        assert shell is not None
-        arch = self.guest_shell_arch
-        emulator = self.cfg.emulators.get(arch.name) if arch else None
-        if arch is None or emulator is None:
-            return _Leave("refused", "no emulator for the image's shell", arch)
-        if scripts:
-            head = emulated_argv(emulator, b"", shell, scripts, script_path)
-            return _Plan(emulator, arch, shell, head, None, scripts)
-        # Plain exec of the shim: qemu -0 <caller's argv0> <guest shell> args...
-        return _Plan(emulator, arch, shell, [emulator, b"-0", b"", shell], shell, [])
-
-    def _absolute(self, pid: int, path: bytes) -> bytes:
-        """``path`` made absolute inside the tracee's root (relative paths start at its cwd)."""
-        if path.startswith(b"/"):
-            if path.startswith((b"/proc/self/", b"/proc/thread-self/")):
-                return b"/proc/%d/" % pid + path.split(b"/", 3)[3]
-            return path
-        return self._inside_root(pid, os.readlink(f"/proc/{pid}/cwd").encode()) + b"/" + path
-
-    def _inside_root(self, pid: int, seen: bytes) -> bytes:
-        """A path from a /proc magic link, which the kernel prints relative to *our* root, made
-        relative to the tracee's root."""
-        root = os.readlink(f"/proc/{pid}/root").encode()
-        if root != b"/" and (seen == root or seen.startswith(root + b"/")):
-            return seen[len(root):] or b"/"
-        return seen
-
-    def _locate_at(
-        self, pid: int, dirfd: int, path: bytes, flags: int
-    ) -> tuple[bytes, bytes] | _Leave:
-        """execveat(dirfd, path): the file's path in the tracee's root, and a path qemu can open.
-
-        With AT_EMPTY_PATH the file is the descriptor itself (fexecve). qemu gets the file's own
-        path when it still names the same file, else /proc/self/fd/N when that descriptor
-        survives the exec; a close-on-exec descriptor to an unnamed file cannot be handed over.
-        """
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{dirfd}").encode()
-        except OSError:
-            return _Leave("kernel", f"bad descriptor {dirfd}")
-        if path:
-            base = self._inside_root(pid, target)
-            full = base.rstrip(b"/") + b"/" + path
-            return full, full
-        if flags & pt.AT_EMPTY_PATH == 0:
-            return _Leave("kernel", "empty path without AT_EMPTY_PATH")
-        named = self._inside_root(pid, target)
-        if named.startswith(b"/") and not named.endswith(b" (deleted)"):
-            try:
-                a = os.stat(f"/proc/{pid}/fd/{dirfd}")
-                b = os.stat(b"/proc/%d/root" % pid + named)
-                if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
-                    return named, named
-            except OSError:
-                pass
-        try:
-            with open(f"/proc/{pid}/fdinfo/{dirfd}", "rb") as f:
-                info = f.read()
-            fl = int(info.split(b"flags:", 1)[1].split()[0], 8)
-        except (OSError, IndexError, ValueError):
-            return _Leave("kernel", f"cannot inspect descriptor {dirfd}")
-        if fl & os.O_CLOEXEC:
-            return _Leave("kernel", "fexecve of an unnamed close-on-exec descriptor")
-        via = b"/proc/self/fd/%d" % dirfd
-        return b"/proc/%d/fd/%d" % (pid, dirfd), via
-
-    def _open_exec(
-        self, pid: int, root_fd: int, lookup: bytes, nofollow: bool
-    ) -> tuple[bytes, tuple[int, int]] | _Leave:
-        """Open a file the tracee wants to execute; read its header if the kernel would run it.
-
-        Anything the kernel would refuse (missing, not a regular file, no execute permission for
-        the tracee, a noexec mount) is left to the kernel so the tracee sees the true errno.
-        """
-        try:
-            if lookup.startswith(b"/proc/%d/" % pid):
-                fd = os.open(lookup, os.O_RDONLY | os.O_CLOEXEC)
-            else:
-                fl = os.O_RDONLY | (os.O_NOFOLLOW if nofollow else 0)
-                fd = pt.open_in_root(root_fd, lookup, fl)
-        except OSError as e:
-            return _Leave("kernel", _errname(e.errno or 0))
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return _Leave("kernel", "EACCES: not a regular file")
-            if not self._may_execute(pid, st):
-                return _Leave("kernel", "EACCES: no execute permission")
-            if os.fstatvfs(fd).f_flag & os.ST_NOEXEC:
-                return _Leave("kernel", "EACCES: noexec mount")
-            return os.pread(fd, HEADER_SIZE, 0), (st.st_dev, st.st_ino)
-        except OSError as e:
-            return _Leave("kernel", _errname(e.errno or 0))
-        finally:
-            os.close(fd)
-
-    def _may_execute(self, pid: int, st: os.stat_result) -> bool:
-        mode = st.st_mode
-        if not mode & 0o111:
-            return False
-        if mode & 0o001 == 0o001 and mode & 0o111 == 0o111:
-            return True
-        try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                status = f.read()
-        except OSError:
-            return True  # let the kernel decide
-        fields = {}
-        for line in status.splitlines():
-            key, _, value = line.partition(b":")
-            if key in (b"Uid", b"Gid", b"Groups"):
-                fields[key] = value.split()
-        uid = int(fields[b"Uid"][3]) if len(fields.get(b"Uid", [])) > 3 else 0
-        if uid == 0:
-            return True  # root may execute anything with at least one x bit
-        if st.st_uid == uid:
-            return bool(mode & 0o100)
-        gids = {int(g) for g in fields.get(b"Groups", [])}
-        if len(fields.get(b"Gid", [])) > 3:
-            gids.add(int(fields[b"Gid"][3]))
-        if st.st_gid in gids:
-            return bool(mode & 0o010)
-        return bool(mode & 0o001)
-
-    # -- reporting ---------------------------------------------------------------------------
-
-    def _strings(self, pid: int, ptrs: list[int]) -> list[bytes]:
-        out = []
-        for p in ptrs:
-            try:
-                out.append(self.mem.read_cstring(pid, p))
-            except OSError:
-                out.append(b"?")
-        return out
-
-    def _trace_leave(self, pid: int, path: bytes, argv_p: int, out: _Leave) -> None:
-        assert self.cfg.trace is not None
-        try:
-            argv = self._strings(pid, self.mem.read_pointers(pid, argv_p))
-        except OSError:
-            argv = []
-        extra: dict[str, object] = {"reason": out.reason}
-        if out.decision == "kernel":
-            extra["errno"] = out.reason.split(":")[0] if out.reason[:1] == "E" else "ENOEXEC"
-        if out.arch is not None:
-            extra["arch"] = out.arch.name
-        if out.decision == "refused":
-            extra["available"] = sorted(self.cfg.emulators)
-        self.cfg.trace.exec(pid, self._traced_parent(pid), path, argv, out.decision, **extra)
-
-    def _warn_refused(self, path: bytes, out: _Leave) -> None:
-        need = out.arch.name if out.arch else "unknown"
-        if need in self.warned:
-            return
-        self.warned.add(need)
-        have = ", ".join(sorted(self.cfg.emulators)) or "none"
-        sys.stderr.write(
-            f"xshim: {path.decode(errors='replace')} is a {need} program but there is no "
-            f"emulator for {need} (have: {have}); its exec fails with ENOEXEC\n"
-        )
-        sys.stderr.flush()
 
 
 def supervise(

@@ -14,7 +14,11 @@ which also reads version 1, the same records without ``run``, ``start`` and the 
    "emulator": "qemu-aarch64", "arch": "aarch64"}
   decision is one of: "emulate" (through ``emulator``), "native" (the kernel runs it),
   "kernel" (left to the kernel, which answers with ``errno``: ENOENT, EACCES, ENOEXEC, ...),
-  "refused" (foreign, but no emulator: ``arch`` says which was needed, ``available`` what exists).
+  "refused" (foreign, but no emulator: ``arch`` says which was needed, ``available`` what exists;
+  or an exec that could not be carried out, with ``errno`` and ``reason``), and "failed": a second
+  record for an "emulate" exec that the kernel then refused, with its ``errno``. Arguments over
+  64 KiB are cut off, marked "...[truncated at 65536 bytes]"; an exec through a descriptor has
+  the path the kernel gives it, "/dev/fd/N" or "/dev/fd/N/name".
   "reason" gives detail where there is any; "script" lists the #! interpreters followed.
   ``ppid`` is the nearest traced ancestor that has exec'd (a subshell that never execs is skipped),
   0 for the command itself. With ``XSHIM_TRACE_HASH=1``, "sha256" is the executed file's digest and
@@ -118,7 +122,9 @@ class TraceSink:
                 "emulate": extra.get("emulator", "?"),
                 "native": "native",
                 "kernel": f"kernel ({extra.get('errno', '?')})",
-                "refused": f"refused: no emulator for {extra.get('arch', '?')}",
+                "failed": f"the emulated exec failed ({extra.get('errno', '?')})",
+                "refused": f"refused: {extra.get('reason', 'no emulator')}"
+                + (f" ({extra['errno']})" if "errno" in extra else ""),
             }.get(decision, decision)
             shown = " ".join(_text(a) for a in argv[1:])
             line = f"xshim[{pid}] {_text(path)}{' ' + shown if shown else ''}  → {target}\n"

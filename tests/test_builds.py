@@ -273,12 +273,13 @@ def patch(ctx: Path, mode: str) -> Path:
 
 
 def build(request: pytest.FixtureRequest, kind: Kind, ctx: Path, dockerfile: Path,
-          tag: str) -> builders.Result:  # fmt: skip
+          tag: str, network: str | None = None) -> builders.Result:  # fmt: skip
     b = request.getfixturevalue("loaded")(kind.builder)
     args = {"XSHIM_TRACE": "1"}
     if kind.builder == "docker":
-        return b.build(ctx, dockerfile, tag, build_args=args)  # type: ignore[no-any-return]
-    return b.build(ctx, dockerfile, tag, platform=PLATFORM, build_args=args)  # type: ignore[no-any-return]
+        return b.build(ctx, dockerfile, tag, build_args=args, network=network)  # type: ignore[no-any-return]
+    return b.build(ctx, dockerfile, tag, platform=PLATFORM, build_args=args,  # type: ignore[no-any-return]
+                   network=network)
 
 
 @dataclass
@@ -546,6 +547,37 @@ def test_failing_run_fails_the_build_with_its_status(
     assert "not reached" not in lines, "the build went on after the failure"
     if form == "shell":
         assert "before" in lines, "the step failed before its own command ran"
+
+
+# --- apt with the network: its download methods run as _apt ------------------------------------
+
+APT_STEP = (
+    "RUN apt-get update && apt-get install -y --no-install-recommends hello "
+    "&& hello && su -s /bin/sh _apt -c 'cd /usr && bin/uname -m' "
+    "&& cp /bin/true /tmp/busy && (exec 3>>/tmp/busy; /tmp/busy; echo \"busy: $?\")\n"
+)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.id)
+def test_apt_get_update_and_install_with_the_network(
+    request: pytest.FixtureRequest, kind: Kind, bundle: Path, tmp_path: Path
+) -> None:
+    """The most common line of any Dockerfile. apt's methods drop to user _apt, after which a
+    supervisor without CAP_SYS_PTRACE (no builder grants it) cannot read their memory or /proc
+    entries by the usual means; their execs must still be emulated. The base image's
+    sources.list names the mirror the tree was made from (the machine's). The step ends with an
+    exec of a file open for writing, which must fail (ETXTBSY) on the builder's storage."""
+    text = f"FROM --platform={PLATFORM} {BASE_TAG}\n{APT_STEP}"
+    ctx = make_context(tmp_path / "ctx", text, bundle)
+    r = build(request, kind, ctx, patch(ctx, kind.mode), f"xshim-test/apt:{kind.id}",
+              network="host")
+    r.check()
+    assert "Hello, world!" in r.output and "aarch64" in r.output.split("Hello, world!")[1]
+    assert "Failed to exec method" not in r.output and "cannot emulate" not in r.output
+    # A program open for writing is "Text file busy" in the builder's file system too.
+    assert "busy: 126" in r.output, r.output[-3000:]
+    # The methods' own execs were emulated (the trace names them) and none fell to the kernel.
+    assert re.search(r"xshim\[\d+\] \S*/methods/http .*→ qemu-aarch64", r.output), r.output[-3000:]
 
 
 # --- the README's main job ---------------------------------------------------------------------

@@ -76,7 +76,15 @@ def test_relocatable_objects_and_unknown_machines_are_left_to_the_kernel() -> No
         (b"#!/usr/bin/env python3\n", Script(b"/usr/bin/env", b"python3")),
         # Linux passes everything after the interpreter as ONE argument.
         (b"#!/usr/bin/env -S a b  \n", Script(b"/usr/bin/env", b"-S a b")),
-        (b"#!\t/bin/bash\t-x\r\n", Script(b"/bin/bash", b"-x")),
+        # A carriage return is not a blank: it stays part of the last word.
+        (b"#!\t/bin/bash\t-x\r\n", Script(b"/bin/bash", b"-x\r")),
+        (b"#!/bin/sh\r\n", Script(b"/bin/sh\r", None)),
+        # A NUL ends the line; a NUL right after the blanks is an empty argument.
+        (b"#!/bin/sh\0 -e\n", Script(b"/bin/sh", None)),
+        (b"#!/bin/sh -e\0x\n", Script(b"/bin/sh", b"-e")),
+        (b"#!/bin/sh \0x\n", Script(b"/bin/sh", b"")),
+        (b"#!/bin/sh\0", Script(b"/bin/sh", None)),
+        (b"#!/bin/sh -a  b \t\n", Script(b"/bin/sh", b"-a  b")),
         (b"#!/bin/sh", Script(b"/bin/sh", None)),
         (b"#!\n", None),
         (b"#!   \n", None),
@@ -89,7 +97,14 @@ def test_shebang_lines_split_like_binfmt_script(line: bytes, expected: Script | 
 
 def test_an_overlong_shebang_line_is_refused_unless_the_interpreter_fits() -> None:
     assert parse_shebang(b"#!/bin/" + b"x" * 300) is None
-    assert parse_shebang((b"#!/bin/sh " + b"y" * 300)[:256]) == Script(b"/bin/sh", b"y" * 246)
+    # Without a newline in the 256 bytes the kernel cuts the last one off.
+    assert parse_shebang((b"#!/bin/sh " + b"y" * 300)[:256]) == Script(b"/bin/sh", b"y" * 245)
+    assert parse_shebang(b"#!/bin/sh " + b"y" * 300) == Script(b"/bin/sh", b"y" * 245)
+    assert parse_shebang(b"#!/bin/sh " + b"y" * 245 + b"\n") == Script(b"/bin/sh", b"y" * 245)
+    assert parse_shebang(b"#!" + b" " * 300) is None
+    # The interpreter name may fill the buffer as long as a blank ends it inside.
+    name = b"/" + b"n" * 252
+    assert parse_shebang(b"#!" + name + b" " + b"z" * 50) == Script(name, None)
 
 
 def test_emulated_argv_for_an_elf_keeps_argv0_and_the_path() -> None:

@@ -1,12 +1,15 @@
-"""TraceeMemory's reads and writes, on this very process (process_vm_* allow one's own pid)."""
+"""TraceeMemory's reads and writes: on this very process (process_vm_* allow one's own pid), and
+word by word (PTRACE_PEEKDATA/POKEDATA) on a stopped child."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
 import os
 import struct
+from collections.abc import Callable, Iterator
 
 import pytest
 from xshim.shim import ptrace as pt
@@ -72,3 +75,60 @@ def test_write_small_and_large() -> None:
         data = bytes(range(256)) * (size // 256) + bytes(size % 256)
         mem.write(PID, _addr(buf), data)
         assert buf.raw == data
+
+
+
+@contextlib.contextmanager
+def stopped_child(prepare: Callable[[], object] = lambda: None) -> Iterator[int]:
+    """A forked child, seized and stopped once ``prepare`` has run in it. It has our memory
+    layout, so our addresses are its."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only waits to be killed
+        prepare()
+        os.write(w, b"x")
+        while True:
+            os.pause()
+    try:
+        os.close(w)
+        os.read(r, 1)
+        pt.seize(pid, 0)
+        pt.interrupt(pid)
+        os.waitpid(pid, 0)
+        yield pid
+    finally:
+        os.close(r)
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def test_peekdata_and_pokedata_at_any_alignment() -> None:
+    """The word-by-word path, for tracees whose memory only PTRACE_PEEKDATA can reach."""
+    mem = pt.TraceeMemory()
+    buf = ctypes.create_string_buffer(bytes(range(64)))
+    base = _addr(buf)
+    with stopped_child() as pid:
+        assert mem._peek(pid, base + 3, 20) == bytes(range(3, 23))
+        mem._poke(pid, base + 5, b"abcdefghijk")
+        expected = bytes(range(5)) + b"abcdefghijk" + bytes(range(16, 64))
+        assert mem._peek(pid, base, 64) == expected
+        assert buf.raw[:64] == bytes(range(64))  # the child's copy changed, not ours
+        with pytest.raises(pt.Unreadable):
+            mem._peek(pid, 8, 8)
+        with pytest.raises(pt.Unreadable):
+            mem._poke(pid, 8, b"x")
+
+
+def test_a_short_peek_stops_where_the_memory_ends() -> None:
+    libc = ctypes.CDLL(None)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    page = mmap.PAGESIZE
+    base = libc.mmap(None, 2 * page, 3, 0x22, -1, 0)  # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS
+    try:
+        ctypes.memmove(base + page - 4, b"tail", 4)
+        with stopped_child(lambda: libc.munmap(ctypes.c_void_p(base + page), page)) as pid:
+            assert pt.TraceeMemory()._peek(pid, base + page - 4, 64) == b"tail"
+    finally:
+        libc.munmap(ctypes.c_void_p(base), 2 * page)

@@ -1,0 +1,428 @@
+"""One trapped exec: read it, plan it, rewrite it into an exec of qemu, or answer it.
+
+Also the rounds that prepare an exec we cannot carry out at once: calls injected into the
+tracee (shim/inject.py) to make its memory readable, to learn its root and cwd (shim/blind.py),
+or to map memory for an argv too big for its stack; the exec then traps again and is handled
+afresh. And the record of it all in the trace.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import sys
+from collections.abc import Callable
+from typing import NamedTuple
+
+from . import blind
+from . import inject as ij
+from . import ptrace as pt
+from .plan import Leave, NeedView, Plan, Planner, errname
+from .tracelog import TraceSink
+
+_RED_ZONE = 128
+# A new argv is written below the stack pointer only if it stays within one page of it: a guard
+# page is at least that big, so a write that misses the stack faults instead of landing in the
+# mapping below. Bigger ones, and any that fault, go to a mapping made for them.
+_STACK_WRITE_MAX = 4096 - _RED_ZONE
+_TRACE_ARG_MAX = 1 << 16  # longer arguments are shown cut off, with a marker
+
+
+class _Retry(NamedTuple):
+    """An exec sent round again after calls were injected to prepare it."""
+
+    view: blind.View | None
+
+
+class _NeedMemory(Exception):
+    """The new argv (this many bytes) needs memory other than the tracee's stack."""
+
+
+class Execs:
+    """The exec handling of one supervisor; its loop calls on_exec at each seccomp stop,
+    on_syscall_exit at each syscall-exit stop, done() at an exec event and forget() at an exit."""
+
+    def __init__(
+        self, emulators: dict[str, bytes], planner: Planner, trace: TraceSink | None,
+        traced_parent: Callable[[int], int],
+    ) -> None:
+        self.emulators = emulators
+        self.planner = planner
+        self.trace = trace
+        self.traced_parent = traced_parent  # the ppid of a trace record
+        self.mem = pt.TraceeMemory()
+        self.regs = pt.UserRegs()
+        self.inj = ij.Injector()
+        self.saved: dict[int, tuple[int, int, int]] = {}  # pid -> rdi, rsi, rdx before a rewrite
+        self.retry: dict[int, _Retry] = {}
+        self.roots_known: set[int] = set()  # tracees /proc hides whose root is provably ours
+        self.scratch: dict[int, tuple[int, int]] = {}  # pid -> mapping made for its new argv
+        # A vfork child's mapping is in its parent's memory too, and outlives its exec there:
+        # the parent (pid) unmaps it at the syscall-exit stop after its next fork event.
+        self.sharer: dict[int, int] = {}  # child with a scratch mapping -> parent sharing it
+        self.unmap_later: dict[int, tuple[int, int]] = {}
+        # Tracees made dumpable to read them (see _prepare): what to set back if the exec fails.
+        self.undump: dict[int, int] = {}
+        self.emulating: dict[int, bytes] = {}  # pid -> path of its rewritten exec, when tracing
+        self.warned: set[str] = set()
+
+    def done(self, pid: int) -> None:
+        """``pid`` exec'd: nothing to restore, and memory made for the exec went with it."""
+        self.saved.pop(pid, None)
+        if self.emulating:
+            self.emulating.pop(pid, None)
+        if self.undump:
+            self.undump.pop(pid, None)
+        if self.scratch:
+            area = self.scratch.pop(pid, None)
+            sharer = self.sharer.pop(pid, None)
+            if area is not None and sharer is not None:
+                self.unmap_later[sharer] = area
+            self.unmap_later.pop(pid, None)
+
+    def forget(self, pid: int) -> None:
+        self.saved.pop(pid, None)
+        if self.retry or self.roots_known or self.scratch or self.emulating or self.unmap_later:
+            self.undump.pop(pid, None)
+            self.retry.pop(pid, None)
+            self.roots_known.discard(pid)
+            self.scratch.pop(pid, None)
+            self.sharer.pop(pid, None)
+            self.emulating.pop(pid, None)
+            self.unmap_later.pop(pid, None)
+
+    def on_syscall_exit(self, pid: int) -> None:
+        saved = self.saved.pop(pid, None)
+        prior = self.undump.pop(pid, None) if self.undump else None
+        if saved is not None or prior is not None:
+            regs = self.regs
+            pt.getregs(pid, regs)
+            if regs.rax >= 1 << 63:  # the exec failed: give back the caller's registers
+                area = None
+                if saved is not None:
+                    regs.rdi, regs.rsi, regs.rdx = saved
+                    if self.trace is not None:
+                        self.trace.exec(pid, self.traced_parent(pid), self.emulating.pop(pid, b""),
+                                        [], "failed", errno=errname((1 << 64) - regs.rax))
+                    area = self.scratch.pop(pid, None)
+                if area is not None or prior is not None:
+                    at = ij.copy_regs(regs)
+                    if area is not None:
+                        self.inj.call(pid, at, ij.NR_MUNMAP, *area, at_entry=False)
+                    if prior is not None:  # as not dumpable as before we made it so
+                        self.inj.call(pid, at, ij.NR_PRCTL, ij.PR_SET_DUMPABLE, prior,
+                                      at_entry=False)
+                    self.inj.finish(pid, at, at.rax)
+                    return
+                pt.setregs(pid, regs)
+        elif self.unmap_later and pid in self.unmap_later:  # see on_fork
+            at = ij.copy_regs(self.regs)
+            pt.getregs(pid, at)
+            self.inj.call(pid, at, ij.NR_MUNMAP, *self.unmap_later.pop(pid), at_entry=False)
+            self.inj.finish(pid, at, at.rax)
+            return
+        pt.cont(pid)
+
+    def _undumping(self, pid: int) -> bool:
+        """Whether ``pid`` was made dumpable for this exec: then its syscall-exit stop restores
+        that, should the exec fail."""
+        return bool(self.undump) and pid in self.undump
+
+    def _resume(self, pid: int) -> None:
+        """Let the exec go on to the kernel (to its syscall-exit stop if that must be seen)."""
+        if self._undumping(pid):
+            pt.cont_syscall(pid)
+        else:
+            pt.cont(pid)
+
+    def on_fork(self, pid: int) -> None:
+        """``pid`` forked: resume it, to its syscall-exit stop if it has a mapping to remove
+        (the only stop of a vfork parent we can count on where a call can be injected)."""
+        if self.unmap_later and pid in self.unmap_later:
+            pt.cont_syscall(pid)
+        else:
+            pt.cont(pid)
+
+    def on_exec(self, pid: int) -> None:
+        regs = self.regs
+        pt.getregs(pid, regs)
+        nr = regs.orig_rax
+        if nr == pt.NR_EXECVE:
+            dirfd, path_p, argv_p, envp_p, flags = pt.AT_FDCWD, regs.rdi, regs.rsi, regs.rdx, 0
+        elif nr == pt.NR_EXECVEAT:
+            dirfd = struct.unpack("i", struct.pack("I", regs.rdi & 0xFFFFFFFF))[0]
+            path_p, argv_p, envp_p, flags = regs.rsi, regs.rdx, regs.r10, regs.r8
+        else:
+            if nr == pt.NR_CLONE:  # with CLONE_UNTRACED (the filter's test): keep it traced
+                regs.rdi &= ~pt.CLONE_UNTRACED
+                pt.setregs(pid, regs)
+            pt.cont(pid)
+            return
+        retry = self.retry.pop(pid, None) if self.retry else None
+        # The path and the start of argv in one read; argv is wasted on a native exec, but
+        # almost every exec under the supervisor is a foreign one.
+        path_head, argv_head = self.mem.read_pair(pid, path_p, argv_p)
+        try:
+            path = self.mem.read_cstring(pid, path_p, first=path_head) if path_p else b""
+        except pt.Unreadable:
+            if retry is None:  # not dumpable, or a bad address: make it dumpable and see
+                self._prepare(pid, regs, dirfd, path_p, flags, None)
+            else:
+                self._resume(pid)  # dumpable, so the address is bad: the kernel answers EFAULT
+            return
+        except OSError:
+            self._resume(pid)  # the kernel will answer EFAULT
+            return
+        trace = self.trace
+        shown = path  # for the trace: the name the kernel gives the program (bprm->filename)
+        if nr == pt.NR_EXECVEAT and dirfd != pt.AT_FDCWD and not path.startswith(b"/"):
+            shown = b"/dev/fd/%d" % dirfd + (b"/" + path if path else b"")
+        outcome = self.planner.plan(pid, dirfd, path, flags, retry.view if retry else None,
+                                    pid in self.roots_known)
+        if isinstance(outcome, NeedView):
+            if retry is None:
+                self._prepare(pid, regs, dirfd, path_p, flags, path)
+            else:
+                self._refuse(pid, regs, shown, errno.EACCES, "its root cannot be seen", True)
+            return
+        if isinstance(outcome, Leave):
+            if pid in self.scratch:  # made for an earlier round of this exec: give it back
+                self._unmap_and_rerun(pid, regs)
+                return
+            if outcome.errno and outcome.decision == "refused":
+                self._refuse(pid, regs, shown, outcome.errno, outcome.reason, True)
+                return
+            if outcome.errno:  # the kernel's answer under binfmt_misc, given in its place
+                if trace is not None:
+                    self._trace_leave(pid, shown, argv_p, outcome)
+                ij.fail_at_entry(pid, regs, outcome.errno, self._undumping(pid))
+                return
+            if outcome.decision == "refused":
+                self._warn_refused(shown, outcome)
+            if trace is not None:
+                self._trace_leave(pid, shown, argv_p, outcome)
+            self._resume(pid)
+            return
+        try:
+            argv_ptrs = self.mem.read_pointers(pid, argv_p, first=argv_head)
+            self._rewrite(pid, outcome, path_p, argv_ptrs, envp_p)
+        except _NeedMemory as need:
+            self._map_and_rerun(pid, regs, shown, need.args[0])
+            return
+        except OSError as e:
+            self._leave_after_error(pid, shown, argv_p, e)
+            return
+        if trace is not None:
+            argv = self._strings(pid, argv_ptrs)
+            extra: dict[str, object] = {"emulator": os.path.basename(outcome.emulator).decode(),
+                                        "arch": outcome.arch.name}
+            if outcome.scripts:
+                extra["script"] = [s.interpreter.decode(errors="replace") for s in outcome.scripts]
+            trace.exec(pid, self.traced_parent(pid), shown, argv, "emulate", **extra)
+            self.emulating[pid] = shown
+        pt.cont_syscall(pid)
+
+    def _prepare(
+        self, pid: int, regs: pt.UserRegs, dirfd: int, path_p: int, flags: int,
+        path: bytes | None,
+    ) -> None:
+        """Make an exec we cannot see into one we can, by calls injected into the tracee, and
+        send it round again. ``path`` is None when its memory could not be read: the tracee is
+        made dumpable (a process that changed its credentials is not, and without
+        CAP_SYS_PTRACE only PTRACE_PEEKDATA can read it then, which needs that). Then, if /proc
+        hides its root, cwd or descriptors, it is asked about them (blind.probe)."""
+        at = ij.copy_regs(regs)
+        entry = True
+        try:
+            if path is None:
+                prior = self.inj.call(pid, at, ij.NR_PRCTL, ij.PR_GET_DUMPABLE, at_entry=True)
+                entry = False
+                self.inj.call(pid, at, ij.NR_PRCTL, ij.PR_SET_DUMPABLE, 1, at_entry=False)
+                if prior >= 0 and prior != 1:
+                    self.undump[pid] = prior
+                try:
+                    path = self.mem.read_cstring(pid, path_p) if path_p else b""
+                except OSError:
+                    path = None  # a bad address after all: the next round lets it through
+            view = None
+            need = None
+            if path is not None:
+                try:
+                    os.close(os.open(f"/proc/{pid}/root", os.O_PATH | os.O_CLOEXEC))
+                except PermissionError:
+                    need = self.planner.needs(pid, dirfd, path, pid in self.roots_known)
+                except OSError:
+                    pass
+            if need is not None:
+                root = self.planner.root_ident() if need.root else None
+                view = blind.probe(self.inj, self.mem, pid, at, entry=entry, root=root,
+                                   cwd=need.cwd, fd=need.fd)
+                entry = False
+                if need.root and not blind.may_change_root(pid):
+                    self.roots_known.add(pid)
+            self.retry[pid] = _Retry(view)
+            self.inj.rerun(pid, at, at_entry=entry)
+        except blind.Refusal as r:
+            self._refuse(pid, at, path or b"?", r.errno, r.cause, entry)
+        except pt.Unreadable as e:
+            self._refuse(pid, at, path or b"?", errno.EPERM,
+                         f"its memory cannot be read ({e.strerror})", entry)
+
+    def _map_and_rerun(self, pid: int, regs: pt.UserRegs, path: bytes, size: int) -> None:
+        """Make a mapping in the tracee for a new argv that will not fit below its stack
+        pointer, and send the exec round again to use it (unmapped if the exec fails)."""
+        at = ij.copy_regs(regs)
+        length = (size + 4095) & ~4095
+        addr = self.inj.call(pid, at, ij.NR_MMAP, 0, length, ij.PROT_READ | ij.PROT_WRITE,
+                             ij.MAP_PRIVATE | ij.MAP_ANONYMOUS, (-1) & 0xFFFFFFFFFFFFFFFF, 0,
+                             at_entry=True)
+        if addr < 0:
+            self._refuse(pid, at, path, -addr, "no memory for its argument list", False)
+            return
+        self.scratch[pid] = (addr, length)
+        parent = _parent_sharing_memory(pid)
+        if parent:
+            self.sharer[pid] = parent
+        self.inj.rerun(pid, at, at_entry=False)
+
+    def _unmap_and_rerun(self, pid: int, regs: pt.UserRegs) -> None:
+        at = ij.copy_regs(regs)
+        addr, length = self.scratch.pop(pid)
+        self.inj.call(pid, at, ij.NR_MUNMAP, addr, length, at_entry=True)
+        self.inj.rerun(pid, at, at_entry=False)
+
+    def _refuse(
+        self, pid: int, regs: pt.UserRegs, path: bytes, err: int, cause: str, entry: bool
+    ) -> None:
+        """Fail an exec we cannot carry out, with ``err`` and a line saying why: never let a
+        foreign exec through to the kernel unchanged, where it would fail without a word."""
+        name = errname(err)
+        sys.stderr.write(f"xshim: cannot emulate the exec of {path.decode(errors='replace')} by "
+                         f"process {pid}: {cause}; it fails with {name}\n")
+        sys.stderr.flush()
+        if self.trace is not None:
+            self.trace.exec(pid, self.traced_parent(pid), path, [], "refused",
+                                reason=cause, errno=name)
+        if entry:
+            ij.fail_at_entry(pid, regs, err, self._undumping(pid))
+            return
+        prior = self.undump.pop(pid, None) if self.undump else None
+        if prior is not None:
+            self.inj.call(pid, regs, ij.NR_PRCTL, ij.PR_SET_DUMPABLE, prior, at_entry=False)
+        self.inj.finish(pid, regs, -err)
+
+    def _leave_after_error(self, pid: int, path: bytes, argv_p: int, e: OSError) -> None:
+        out = Leave("kernel", f"could not rewrite the exec: {e.strerror}")
+        if self.trace is not None:
+            self._trace_leave(pid, path, argv_p, out)
+        self._resume(pid)
+
+    def _rewrite(
+        self, pid: int, plan: Plan, path_p: int, argv_ptrs: list[int], envp_p: int
+    ) -> None:
+        """Write the new argv below the tracee's stack pointer and point execve at it.
+
+        The caller's own strings (argv[1:], and the path when it can be reused) stay where they
+        are; only new strings and the new pointer array are written, so a huge argv costs one
+        small write.
+        """
+        regs = self.regs
+        strings = list(plan.head)
+        argv0 = argv_ptrs[0] if argv_ptrs else 0
+        # Which head entries can point at memory the caller already has.
+        reuse: dict[int, int] = {}
+        if not plan.scripts:
+            if argv0:
+                reuse[2] = argv0
+            if plan.path_override is None:
+                reuse[3] = path_p
+        elif plan.path_override is None:
+            reuse[len(strings) - 1] = path_p
+        blob = bytearray()
+        offsets: list[int] = []
+        for i, s in enumerate(strings):
+            if i in reuse:
+                offsets.append(-1)
+                continue
+            offsets.append(len(blob))
+            blob += s + b"\0"
+        tail = argv_ptrs[1:]
+        nptrs = len(strings) + len(tail) + 1
+        size = nptrs * 8 + len(blob)
+        area = self.scratch.get(pid) if self.scratch else None
+        if area is not None and area[1] >= size:
+            base = area[0]
+        elif size > _STACK_WRITE_MAX:
+            raise _NeedMemory(size)
+        else:
+            base = (regs.rsp - _RED_ZONE - size) & ~15
+        str_base = base + nptrs * 8
+        ptrs = [reuse[i] if off < 0 else str_base + off for i, off in enumerate(offsets)]
+        ptrs.extend(tail)
+        ptrs.append(0)
+        try:
+            self.mem.write(pid, base, struct.pack(f"<{nptrs}Q", *ptrs) + bytes(blob))
+        except OSError as e:
+            if e.errno in (errno.EFAULT, errno.EIO) and area is None:
+                raise _NeedMemory(size) from None  # the stack ends within a page below sp
+            raise
+        self.saved[pid] = (regs.rdi, regs.rsi, regs.rdx)
+        regs.orig_rax = pt.NR_EXECVE
+        regs.rdi = ptrs[0]
+        regs.rsi = base
+        regs.rdx = envp_p
+        pt.setregs(pid, regs)
+
+    def _strings(self, pid: int, ptrs: list[int]) -> list[bytes]:
+        out = []
+        for p in ptrs:
+            try:
+                s = self.mem.read_cstring(pid, p, limit=_TRACE_ARG_MAX, partial=True)
+            except OSError:
+                s = b"?"  # unreadable: the kernel will answer EFAULT
+            if len(s) >= _TRACE_ARG_MAX:
+                s = s[:_TRACE_ARG_MAX] + b"...[truncated at %d bytes]" % _TRACE_ARG_MAX
+            out.append(s)
+        return out
+
+    def _trace_leave(self, pid: int, path: bytes, argv_p: int, out: Leave) -> None:
+        assert self.trace is not None
+        try:
+            argv = self._strings(pid, self.mem.read_pointers(pid, argv_p))
+        except OSError:
+            argv = []
+        extra: dict[str, object] = {"reason": out.reason}
+        if out.decision == "kernel":
+            extra["errno"] = out.reason.split(":")[0] if out.reason[:1] == "E" else "ENOEXEC"
+        if out.arch is not None:
+            extra["arch"] = out.arch.name
+        if out.decision == "refused":
+            extra["available"] = sorted(self.emulators)
+        self.trace.exec(pid, self.traced_parent(pid), path, argv, out.decision, **extra)
+
+    def _warn_refused(self, path: bytes, out: Leave) -> None:
+        need = out.arch.name if out.arch else "unknown"
+        if need in self.warned:
+            return
+        self.warned.add(need)
+        have = ", ".join(sorted(self.emulators)) or "none"
+        sys.stderr.write(
+            f"xshim: {path.decode(errors='replace')} is a {need} program but there is no "
+            f"emulator for {need} (have: {have}); its exec fails with ENOEXEC\n"
+        )
+        sys.stderr.flush()
+
+
+def _parent_sharing_memory(pid: int) -> int:
+    """The parent of ``pid`` if the two share their memory (a vfork or posix_spawn child), else
+    0, also where the kernel will not compare them for us."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"PPid:"):
+                    ppid = int(line.split()[1])
+                    return ppid if ppid and pt.same_memory(pid, ppid) else 0
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
