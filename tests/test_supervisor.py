@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -189,6 +190,32 @@ def test_trace_records_every_exec_and_exit(tree: Path, tmp_path: Path) -> None:
     assert all(isinstance(x["duration"], float) for x in exits.values())
     r = sh(tree, "uname -m", trace="stderr")
     assert "→ qemu-aarch64-static" in r.stderr and "xshim[" in r.stderr
+
+
+def test_the_trace_records_failures_long_arguments_and_descriptor_names(
+    tree: Path, tmp_path: Path
+) -> None:
+    """An emulated exec the kernel then refuses is recorded with its errno; an argument over
+    64 KiB is shown cut off with a marker; an execveat through a descriptor is named as the
+    kernel names it (/dev/fd/N)."""
+    cc = shutil.which("cc") or pytest.skip("no host C compiler")
+    src = Path(__file__).parent / "guest" / "fexecve.c"
+    prog = tree / "opt" / "native-execveat-empty-trace"
+    subprocess.run([cc, "-static", "-O2", "-DRAW_EMPTY_PATH", "-o", str(prog), str(src)],
+                   check=True)  # fmt: skip
+    trace = tmp_path / "t.jsonl"
+    big = "y" * 70000
+    r = sh(tree, f"/bin/true $(seq 1 200000) 2>/dev/null; echo $?; /bin/echo {big} | wc -c; "
+                 f"/opt/{prog.name} /bin/uname -m", trace=str(trace))
+    assert (r.returncode, r.stdout) == (0, "126\n70001\n" "aarch64\n"), r.stderr
+    execs = [x for x in records(trace) if x["event"] == "exec"]
+    failed = [x for x in execs if x["decision"] == "failed"]
+    assert [(x["path"], x["errno"]) for x in failed] == [("/bin/true", "E2BIG")]
+    echo = next(x for x in execs if x["path"] == "/bin/echo")
+    assert echo["argv"][1] == "y" * 65536 + "...[truncated at 65536 bytes]"
+    fd_exec = next(x for x in execs if x["argv"][:1] == ["/bin/uname"])
+    assert re.fullmatch(r"/dev/fd/\d+", str(fd_exec["path"])), fd_exec
+    assert fd_exec["decision"] == "emulate"
 
 
 def test_signals_are_forwarded(tree: Path) -> None:

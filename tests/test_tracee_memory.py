@@ -8,6 +8,7 @@ import ctypes
 import errno
 import mmap
 import os
+import signal
 import struct
 from collections.abc import Callable, Iterator
 
@@ -85,10 +86,13 @@ def stopped_child(prepare: Callable[[], object] = lambda: None) -> Iterator[int]
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child only waits to be killed
-        prepare()
-        os.write(w, b"x")
-        while True:
-            os.pause()
+        try:
+            prepare()
+            os.write(w, b"x")
+            while True:
+                signal.pause()
+        finally:
+            os._exit(1)  # never back into the test runner
     try:
         os.close(w)
         os.read(r, 1)

@@ -182,10 +182,14 @@ class Dockerd:
         return self.docker("version", "--format", "{{.Server.Version}}", timeout=20).returncode == 0
 
     def build(
-        self, context: Path, dockerfile: Path, tag: str, build_args: Mapping[str, str] = {}
+        self, context: Path, dockerfile: Path, tag: str, build_args: Mapping[str, str] = {},
+        network: str | None = None,
     ) -> Result:
-        """A legacy-builder build (BuildKit off): the builder every Docker install has."""
+        """A legacy-builder build (BuildKit off): the builder every Docker install has.
+        ``network``: the RUN steps' network mode (``host`` where the daemon has no bridge)."""
         argv = ["build", "--no-cache", "--force-rm", "-f", str(dockerfile), "-t", tag]
+        if network:
+            argv += ["--network", network]
         for k, v in build_args.items():
             argv += ["--build-arg", f"{k}={v}"]
         return self.docker(*argv, str(context), env={"DOCKER_BUILDKIT": "0"})
@@ -346,10 +350,13 @@ class Buildah:
         *,
         platform: str | None = None,
         build_args: Mapping[str, str] = {},
+        network: str | None = None,
     ) -> Result:
         # Docker format keeps SHELL in the config (OCI has no field for it), as docker would.
         argv = ["bud", "--isolation", "chroot", "--format", "docker", "--no-cache", "--force-rm",
                 "--pull-never", "-f", str(dockerfile), "-t", tag]  # fmt: skip
+        if network:
+            argv += ["--network", network]
         if platform:
             argv += ["--platform", platform]
         for k, v in build_args.items():
