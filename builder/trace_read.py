@@ -265,6 +265,17 @@ def assemble(records: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> 
 
 
 def _on_exec(run: Run, live: dict[tuple[str, int], Proc], rec: dict[str, Any], t: float) -> None:
+    if rec["decision"] == "failed":
+        # The kernel refused the emulated exec recorded just before: the process never became
+        # that program, and the exec counts as one the kernel answered with an error.
+        proc = live.get((run.id, int(rec["pid"])))
+        if proc is not None and proc.execs and proc.execs[-1].decision == "emulate":
+            last = proc.execs.pop()
+            last.decision, last.errno = "kernel", rec.get("errno")
+            proc.attempts.append(last)
+            run.counts["emulate"] -= 1
+            run.counts["kernel"] = run.counts.get("kernel", 0) + 1
+        return
     ex = Exec(
         time=t,
         path=str(rec["path"]),

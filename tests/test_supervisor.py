@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import builders, foreign
+from xshim.builder import trace_read
 
 pytestmark = [pytest.mark.integration, pytest.mark.root(reason="xshim run chroots and mounts")]
 
@@ -216,6 +217,12 @@ def test_the_trace_records_failures_long_arguments_and_descriptor_names(
     fd_exec = next(x for x in execs if x["argv"][:1] == ["/bin/uname"])
     assert re.fullmatch(r"/dev/fd/\d+", str(fd_exec["path"])), fd_exec
     assert fd_exec["decision"] == "emulate"
+    # The reader: the process never became the program whose exec failed.
+    t = trace_read.assemble(records(trace))
+    failed_pid = failed[0]["pid"]
+    proc = next(p for p in t.procs if p.pid == failed_pid)
+    assert all(e.path != "/bin/true" for e in proc.execs)
+    assert any(e.path == "/bin/true" and e.errno == "E2BIG" for e in proc.attempts)
 
 
 def test_signals_are_forwarded(tree: Path) -> None:
