@@ -144,6 +144,9 @@ examples:
   xshim patch --platform linux/arm64 Dockerfile | docker build -f - .
   xshim patch --mode mount --bundle .xshim -o Dockerfile.xshim Dockerfile
   buildah bud --platform linux/arm64 -f Dockerfile.xshim .
+  xshim patch --mode mount --mount-from xshim -o Dockerfile.xshim Dockerfile
+  docker buildx build --build-context xshim=.xshim -f Dockerfile.xshim .
+  xshim patch --platform linux/amd64,linux/arm64 -o Dockerfile.xshim Dockerfile
   xshim patch --check Dockerfile                  # CI: exit 1 when a stage needs patching
   xshim patch --check --format json Dockerfile    # hadolint-style records
   xshim patch --diff Dockerfile
@@ -171,6 +174,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
             bundle=args.bundle,
             prefix=args.prefix,
             mode=args.mode,
+            mount_from=args.mount_from,
             context=args.context,
             check=args.check,
             diff=args.diff,
@@ -184,8 +188,9 @@ def _parse_patch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
              "without binfmt_misc", PATCH_EPILOG, _cmd_patch)
     p.add_argument("dockerfile", metavar="DOCKERFILE", help="the Dockerfile, or - for stdin")
     p.add_argument("--platform", metavar="P",
-                   help="the build's target platform, as given to 'docker build --platform' "
-                   "(default: stages without their own platform are native)")
+                   help="the build's target platform, or a comma-separated list of them, as "
+                   "given to 'docker buildx build --platform' (default: stages without their "
+                   "own platform are native)")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="write the patched Dockerfile here (atomically); - or none: stdout")
     p.add_argument("--bundle", metavar="DIR",
@@ -196,6 +201,10 @@ def _parse_patch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--mode", choices=["copy", "mount"], default="copy",
                    help="copy: install into each stage (any builder); mount: bind-mount per RUN "
                    "(BuildKit, buildah, podman)")
+    p.add_argument("--mount-from", metavar="NAME",
+                   help="mount mode: mount the bundle from the named build context NAME "
+                   "(build with --build-context NAME=BUNDLE_DIR: BuildKit, buildah, podman), "
+                   "so the bundle need not be inside the build context")
     p.add_argument("--context", metavar="DIR", default=".",
                    help="the build context --bundle is relative to (default: .)")
     p.add_argument("--check", action="store_true",

@@ -1,26 +1,30 @@
 """The Dockerfile rewriter behind ``xshim patch``: text in, text out, plus findings.
 
-A stage is *foreign* when its platform is known and the host cannot run it natively: a constant
-``FROM --platform=linux/arm64``, ``--platform`` given to ``xshim patch`` (the build's target
-platform, used by stages without their own), or a Docker Hub architecture namespace
-(``arm64v8/debian``). Stages on ``$BUILDPLATFORM``, ``FROM scratch`` and Windows stages are left
-alone; ``FROM <stage>`` inherits its parent's platform, SHELL and USER.
-
-Each foreign stage that has a RUN is routed through the shim bundle (see the bundle contract):
+Which stages are foreign is decided in builder/dockerfile_stages.py. Each foreign stage that has
+a RUN is routed through the shim bundle (see the bundle contract), changing as little as it can:
 
 * ``copy`` mode (any builder, the legacy Docker builder included): right after FROM the bundle
   is copied in and ``xshim-install`` swaps ``/bin/sh`` for the shim, so shell-form RUN under the
-  default shell stays as written. Exec-form RUN, and shell-form RUN under a stage SHELL, become
-  exec form through ``xshim-exec``. At the end of the stage ``xshim-restore --remove-bundle``
-  puts ``/bin/sh`` back and deletes the bundle (as root, with the stage's USER set back after).
-* ``mount`` mode (BuildKit, buildah, podman): nothing is installed; every RUN bind-mounts the
-  bundle and runs through ``<prefix>/bin/sh -c`` (or ``xshim-exec``), so no bundle byte lands in
-  a layer.
+  default shell stays as written. At the end of the stage ``xshim-restore --remove-bundle``
+  puts ``/bin/sh`` back and deletes the bundle (as ``USER 0``, with the stage's USER set back
+  after; by number, as the legacy builder cannot find ``root`` in an image without passwd).
+* ``mount`` mode (BuildKit, buildah, podman): nothing is installed; each RUN bind-mounts the
+  bundle (from the build context, or from a named build context with ``mount_from``), so no
+  bundle byte lands in a layer.
 
-Heredoc RUNs that must change are turned into the exact argv BuildKit would have run (see
-``_heredoc_argv``). Every byte that is not part of a changed instruction comes back unchanged;
-inserted lines use the file's line ending and instruction casing. Patching a patched file changes
-nothing.
+Where the stage's SHELL is known (a SHELL instruction in the stage or in a parent stage), the
+SHELL is what routes: it becomes ``["<prefix>/bin/xshim-exec", <the user's shell>...]``, so every
+shell-form RUN (heredocs included) stays byte-identical in copy mode and only gains its
+``--mount`` on its first line in mount mode, and the builder builds from it exactly what it would
+have built. The user's SHELL is set back before a shell-form CMD or ENTRYPOINT (the builder bakes
+the SHELL in force into them) and at the end of the stage, so the image config is the unpatched
+build's. A SHELL inherited from the base image cannot be set back (it is not known, and a SHELL
+instruction cannot unset it), so under it mount mode turns each shell-form RUN into the exec form
+the builder would have run (see ``_heredoc_argv`` for heredocs). Exec-form RUN always becomes
+exec form through ``xshim-exec``.
+
+Every byte that is not part of a changed instruction comes back unchanged; inserted lines use the
+file's line ending and instruction casing. Patching a patched file changes nothing.
 
 Known limits (no image is pulled, so an image's config cannot be seen): ONBUILD triggers of a base
 image run before anything inserted after FROM, so a base image's ``ONBUILD RUN`` still needs
@@ -49,7 +53,8 @@ from .dockerfile_lex import (
     parse_words,
     split_lines,
 )
-from .dockerfile_shell import ShellError, ShellLex
+from .dockerfile_stages import Stage, resolve_platform, split_targets
+from .dockerfile_stages import analyse as analyse_stages
 from .errors import InputError, SourceError
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -61,23 +66,8 @@ HEREDOC_PIPES = "/dev/pipes"
 # Writes "$1" to the file "$2", then runs the rest of the arguments: the stage's shell on it.
 _HEREDOC_WRITER = 'printf \'%s\' "$1" >"$2" && chmod 0755 "$2" && shift 2 && exec "$@"'
 
-# Docker Hub's per-architecture namespaces (https://github.com/docker-library/official-images).
-ARCH_NAMESPACES: dict[str, str] = {
-    "amd64": "linux/amd64",
-    "arm32v5": "linux/arm/v5",
-    "arm32v6": "linux/arm/v6",
-    "arm32v7": "linux/arm/v7",
-    "arm64v8": "linux/arm64",
-    "i386": "linux/386",
-    "mips64le": "linux/mips64le",
-    "ppc64le": "linux/ppc64le",
-    "riscv64": "linux/riscv64",
-    "s390x": "linux/s390x",
-}
-_WINDOWS_IMAGE = re.compile(r"(^|/)(windows(/servercore|/nanoserver|/server)?|nanoserver|"
-                            r"servercore)([:@]|$)", re.IGNORECASE)
-_BUILD_PLATFORM_REF = re.compile(r"\$\{?BUILD(PLATFORM|OS|ARCH|VARIANT)\b")
 _SAFE_PATH = re.compile(r"[A-Za-z0-9._+@/-]+")
+_CONTEXT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 class Mode(Enum):
@@ -87,13 +77,17 @@ class Mode(Enum):
 
 @dataclass(frozen=True)
 class Options:
-    """What to patch for. ``bundle`` is the bundle directory relative to the build context."""
+    """What to patch for. ``platform`` is the build's target platform, or a comma-separated list
+    of them; ``bundle`` is the bundle directory relative to the build context."""
 
     platform: str | None = None
     mode: Mode = Mode.COPY
     bundle: str = DEFAULT_BUNDLE
     prefix: str = DEFAULT_PREFIX
     host: archmod.Arch | None = None  # default: the machine this runs on
+    # mount mode: bind-mount the bundle from this named build context (BuildKit's
+    # ``--build-context NAME=DIR``) instead of from ``bundle`` inside the build context
+    mount_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,30 +99,6 @@ class Finding:
     level: str  # "error", "warning", "info"
     code: str
     message: str
-
-
-@dataclass
-class Stage:
-    index: int
-    name: str | None  # lower-cased, as BuildKit compares stage names
-    from_index: int  # index of the FROM instruction in Lexed.instructions
-    members: list[int]  # instruction indexes after FROM, up to the next FROM
-    image: str  # base image after ARG expansion
-    platform: str | None  # the platform the stage runs on, when known
-    kind: str  # "foreign", "native", "build-platform", "scratch", "windows", "unknown"
-    parent: Stage | None = None
-    shell_at_end: tuple[str, ...] | None = None  # None: the base image's (taken as /bin/sh -c)
-    user_at_end: str | None = None  # the USER args text in force at the end; None: base image's
-    runs: list[int] = field(default_factory=list)
-    needs_patch: bool = False
-
-    @property
-    def foreign(self) -> bool:
-        return self.kind == "foreign"
-
-    @property
-    def label(self) -> str:
-        return f"stage {self.index}" + (f" ({self.name!r})" if self.name else "")
 
 
 @dataclass
@@ -147,49 +117,6 @@ class PatchResult:
         return [s for s in self.stages if s.needs_patch]
 
 
-# --- platform resolution ------------------------------------------------------------------------
-
-
-def _split_platform(text: str) -> tuple[str, str, str]:
-    parts = text.strip().lower().split("/")
-    if len(parts) == 1:
-        return "linux", parts[0], ""
-    return parts[0], parts[1], parts[2] if len(parts) > 2 else ""
-
-
-def resolve_platform(text: str) -> archmod.Arch:
-    """The table row for a platform string; a variant the table lacks falls back to os/arch."""
-    try:
-        return archmod.from_platform(text)
-    except archmod.UnknownPlatformError:
-        os_, arch_, variant = _split_platform(text)
-        if variant:
-            return archmod.from_platform(f"{os_}/{arch_}")
-        raise
-
-
-def _platform_args(prefix: str, platform: str) -> dict[str, str]:
-    os_, arch_, variant = _split_platform(platform)
-    return {
-        f"{prefix}PLATFORM": platform,
-        f"{prefix}OS": os_,
-        f"{prefix}ARCH": arch_,
-        f"{prefix}VARIANT": variant,
-    }
-
-
-def _image_namespace_platform(image: str) -> str | None:
-    parts = image.split("/")
-    if len(parts) < 2:
-        return None
-    first = parts[0]
-    # A first component with a dot or colon (or "localhost") names a registry; a mirror of Docker
-    # Hub keeps its namespaces after the host.
-    if ("." in first or ":" in first or first == "localhost") and len(parts) >= 3:
-        first = parts[1]
-    return ARCH_NAMESPACES.get(first.lower())
-
-
 def _is_root(user: str | None) -> bool:
     if user is None:
         return True
@@ -197,128 +124,9 @@ def _is_root(user: str | None) -> bool:
     return name in ("root", "0")
 
 
-# --- stage analysis -----------------------------------------------------------------------------
-
-
-def _source_error(filename: str, ins_line: int, message: str, hint: str | None) -> SourceError:
-    return SourceError(filename, ins_line, message, hint)
-
-
 def analyse(lexed: Lexed, options: Options, filename: str = "Dockerfile") -> list[Stage]:
-    """Split into stages and decide each stage's platform. Raises SourceError on bad input."""
-    host = options.host or archmod.host_arch()
-    host_platform = host.platform
-    target = options.platform or host_platform
-    env: dict[str, str] = {}
-    env.update(_platform_args("BUILD", host_platform))
-    env.update(_platform_args("TARGET", target))
-    automatic = set(env)
-    stages: list[Stage] = []
-    by_name: dict[str, Stage] = {}
-    current: Stage | None = None
-    instructions = lexed.instructions
-    for idx, ins in enumerate(instructions):
-        if ins.cmd == "from":
-            current = _stage_from(lexed, idx, ins, env, by_name, len(stages), options, host,
-                                  filename)
-            stages.append(current)
-            if current.name:
-                by_name[current.name] = current
-            continue
-        if current is None:
-            if ins.cmd == "arg":
-                _meta_arg(lexed, ins, env, automatic)
-            continue
-        current.members.append(idx)
-        if ins.cmd == "run":
-            current.runs.append(idx)
-        elif ins.cmd == "shell" and ins.json:
-            current.shell_at_end = ins.json
-        elif ins.cmd == "user" and ins.args:
-            current.user_at_end = ins.args
-    return stages
-
-
-def _meta_arg(lexed: Lexed, ins: Instruction, env: dict[str, str], automatic: set[str]) -> None:
-    for word in parse_words(ins.args, lexed.escape):
-        key, eq, value = word.partition("=")
-        if key in automatic:
-            continue  # the builder sets these itself
-        if eq:
-            try:
-                env[key] = ShellLex(lexed.escape, env=env).process_word(value)
-            except ShellError:
-                env[key] = value
-        else:
-            env.setdefault(key, "")
-
-
-def _expand(lexed: Lexed, text: str, env: dict[str, str], filename: str,
-            ins: Instruction) -> str:
-    try:
-        return ShellLex(lexed.escape, env=env).process_word(text)
-    except ShellError as e:
-        raise _source_error(filename, ins.line, f"cannot expand {text!r}: {e}",
-                            "fix the variable reference in this FROM line") from None
-
-
-def _stage_from(
-    lexed: Lexed,
-    idx: int,
-    ins: Instruction,
-    env: dict[str, str],
-    by_name: dict[str, Stage],
-    index: int,
-    options: Options,
-    host: archmod.Arch,
-    filename: str,
-) -> Stage:
-    words = [w for w in ins.values if isinstance(w, str)]
-    if not words or not words[0]:
-        raise _source_error(filename, ins.line, "FROM names no image",
-                            "write FROM <image> [AS <name>]")
-    image = _expand(lexed, words[0], env, filename, ins)
-    name = words[2].lower() if len(words) >= 3 and words[1].lower() == "as" else None
-    flag_platform = ""
-    for flag in ins.flags:
-        if flag.startswith("--platform="):
-            flag_platform = _expand(lexed, flag.split("=", 1)[1], env, filename, ins).strip()
-
-    stage = Stage(index=index, name=name, from_index=idx, members=[], image=image,
-                  platform=None, kind="unknown")
-    parent = by_name.get(image.lower())
-    if parent is not None:
-        stage.parent = parent
-        stage.platform = parent.platform
-        stage.kind = parent.kind
-        stage.shell_at_end = parent.shell_at_end
-        stage.user_at_end = parent.user_at_end
-        return stage
-    if image.lower() == "scratch":
-        stage.kind = "scratch"
-        return stage
-    platform = flag_platform or _image_namespace_platform(image) or options.platform
-    if not platform:
-        stage.platform = host.platform
-        stage.kind = "native"
-        return stage
-    if _split_platform(platform)[0] == "windows" or _WINDOWS_IMAGE.search(image):
-        stage.platform = platform
-        stage.kind = "windows"
-        return stage
-    if flag_platform and _BUILD_PLATFORM_REF.search(ins.flags_raw):
-        stage.platform = platform
-        stage.kind = "build-platform"
-        return stage
-    try:
-        target = resolve_platform(platform)
-    except archmod.UnknownPlatformError:
-        known = ", ".join(a.platform for a in archmod.ARCHES)
-        raise _source_error(filename, ins.line, f"unknown platform {platform!r} in FROM",
-                            f"use one of: {known}") from None
-    stage.platform = target.platform
-    stage.kind = "native" if archmod.natively_runs(host, target) else "foreign"
-    return stage
+    """Split into stages and decide each stage's platform(s). Raises SourceError on bad input."""
+    return analyse_stages(lexed, options.platform, options.host, filename)
 
 
 # --- rewriting ----------------------------------------------------------------------------------
@@ -334,6 +142,8 @@ class _Style:
 
 
 def _mount_flag(options: Options) -> str:
+    if options.mount_from:
+        return f"--mount=type=bind,from={options.mount_from},target={options.prefix}"
     return f"--mount=type=bind,source={options.bundle},target={options.prefix}"
 
 
@@ -355,8 +165,9 @@ def _is_ours(ins: Instruction, prefix: str) -> bool:
     return _has_our_mount(ins, prefix)
 
 
-def _effective_shell(shell: tuple[str, ...] | None) -> tuple[str, ...]:
-    return shell if shell else DEFAULT_SHELL
+def _routed(shell: tuple[str, ...], prefix: str) -> bool:
+    """Whether a SHELL value is one this rewriter wrote (the user's shell behind xshim-exec)."""
+    return len(shell) > 1 and shell[0] == layout.Layout(prefix).exec
 
 
 def _heredoc_argv(ins: Instruction, shell: tuple[str, ...]) -> tuple[list[str], bool]:
@@ -378,15 +189,38 @@ def _heredoc_argv(ins: Instruction, shell: tuple[str, ...]) -> tuple[list[str], 
     return [*shell, script], False
 
 
-def _render_run(keyword: str, flags: list[str], argv: list[str]) -> str:
-    text = json.dumps(argv, ensure_ascii=False)
+def _render(keyword: str, flags: list[str], argv: list[str] | tuple[str, ...]) -> str:
+    text = json.dumps(list(argv), ensure_ascii=False)
     return " ".join([keyword, *[f for f in flags if f], text])
+
+
+def _with_flag(line: str, keyword: str, flag: str) -> str:
+    """The first physical line of an instruction with ``flag`` put right after its keyword; every
+    other byte of the line stays."""
+    lead = len(line) - len(line.lstrip(" \t\v\f\r"))
+    at = lead + len(keyword)
+    rest = line[at:]
+    return line[:at] + " " + flag + (rest if rest[:1] in (" ", "\t") else " " + rest)
 
 
 @dataclass
 class _Plan:
     replace: dict[int, str] = field(default_factory=dict)  # instruction index -> new line
+    first: dict[int, str] = field(default_factory=dict)  # instruction index -> new first line
     after: dict[int, list[str]] = field(default_factory=dict)  # instruction index -> new lines
+
+
+@dataclass
+class _Shell:
+    """The SHELL a stage's instructions see while the rewrite walks it.
+
+    ``user`` is the user's shell (None: the base image's, unknown); ``routed`` says whether the
+    builder's SHELL is the routed one at this point; ``pending`` is the user's SHELL instruction
+    that can itself become the routed one, as nothing since has used the shell."""
+
+    user: tuple[str, ...] | None
+    routed: bool = False
+    pending: int | None = None
 
 
 def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Plan,
@@ -413,11 +247,11 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Plan,
     restored = any(r.json and r.json[0] == bundle.restore for r in runs)
     mounted = any(_has_our_mount(r, prefix) for r in runs)
     if options.mode is Mode.MOUNT and (installed or restored):
-        raise _source_error(filename, frm.line, f"{stage.label} is already patched in copy mode",
-                            "patch the original Dockerfile, or use --mode copy")
+        raise SourceError(filename, frm.line, f"{stage.label} is already patched in copy mode",
+                          "patch the original Dockerfile, or use --mode copy")
     if options.mode is Mode.COPY and mounted:
-        raise _source_error(filename, frm.line, f"{stage.label} is already patched in mount mode",
-                            "patch the original Dockerfile, or use --mode mount")
+        raise SourceError(filename, frm.line, f"{stage.label} is already patched in mount mode",
+                          "patch the original Dockerfile, or use --mode mount")
     has_trace_arg = any(
         m.cmd == "arg" and any(w.partition("=")[0] == TRACE_ARG
                                for w in parse_words(m.args, lexed.escape))
@@ -430,71 +264,135 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Plan,
     parent_user = stage.parent.user_at_end if stage.parent else None
     if options.mode is Mode.COPY and not installed:
         if not _is_root(parent_user):
-            head.append(f"{style.kw('USER')} root")
+            head.append(f"{style.kw('USER')} 0")  # by number: no passwd needed
         head.append(f"{style.kw('COPY')} {options.bundle} {prefix}")
-        head.append(_render_run(style.kw("RUN"), [], [bundle.install]))
+        head.append(_render(style.kw("RUN"), [], [bundle.install]))
         if not _is_root(parent_user):
             head.append(f"{style.kw('USER')} {parent_user}")
     if head:
         plan.after.setdefault(stage.from_index, []).extend(head)
 
-    shell: tuple[str, ...] | None = stage.parent.shell_at_end if stage.parent else None
+    shell = _Shell(stage.parent.shell_at_end if stage.parent else None)
     user = parent_user
     for i in stage.members:
         m = ins_list[i]
-        if m.cmd == "shell" and m.json:
-            shell = m.json
+        if m.cmd == "shell":
+            _see_shell(i, m, shell, prefix, filename)
         elif m.cmd == "user" and m.args:
             user = m.args
-        if m.cmd != "run" or _is_ours(m, prefix):
-            continue
-        new = _rewrite_run(m, shell, options, prefix)
-        if new is not None:
-            plan.replace[i] = new
-            changes += 1
-            findings.append(Finding(m.line, 1, "info", "XS002",
-                                    f"{stage.label}: RUN rewritten to run through the shim"))
+        elif m.cmd in ("cmd", "entrypoint") and m.json is None:
+            # The builder bakes the SHELL in force into a shell-form CMD/ENTRYPOINT: it must be
+            # the user's here, so the SHELL before it can no longer become the routed one.
+            if shell.routed:
+                assert shell.user is not None
+                plan.after.setdefault(i - 1, []).append(
+                    _render(style.kw("SHELL"), [], shell.user))
+                shell.routed = False
+            shell.pending = None
+        elif m.cmd == "run" and not _is_ours(m, prefix):
+            changes += _plan_run(lexed, i, m, shell, options, prefix, style, plan, findings, stage)
+    tail: list[str] = []
     if options.mode is Mode.COPY and not restored:
-        tail: list[str] = []
         if not _is_root(user):
-            tail.append(f"{style.kw('USER')} root")
-        tail.append(_render_run(style.kw("RUN"), [],
-                                [bundle.restore, "--remove-bundle"]))
+            tail.append(f"{style.kw('USER')} 0")
+        tail.append(_render(style.kw("RUN"), [], [bundle.restore, "--remove-bundle"]))
         if not _is_root(user):
             tail.append(f"{style.kw('USER')} {user}")
+    if shell.routed:
+        assert shell.user is not None
+        tail.append(_render(style.kw("SHELL"), [], shell.user))
+    if tail:
         last = stage.members[-1] if stage.members else stage.from_index
         plan.after.setdefault(last, []).extend(tail)
-    if head or changes or (options.mode is Mode.COPY and not restored):
+    if head or changes or tail:
         findings.append(Finding(frm.line, 1, "warning", "XS001",
                                 f"{stage.label} runs on {stage.platform}, foreign to this host: "
                                 f"its RUN steps need the xshim bundle ({options.mode.value} mode)"))
+        if stage.native_for:
+            findings.append(Finding(frm.line, 1, "info", "XS012",
+                                    f"{stage.label} runs natively for "
+                                    f"{', '.join(stage.native_for)}: there the shim runs "
+                                    "every command directly"))
         return True
     return False
 
 
-def _rewrite_run(ins: Instruction, shell: tuple[str, ...] | None, options: Options,
-                 prefix: str) -> str | None:
-    """The replacement for one RUN of a foreign stage, or None to keep it as written."""
-    exec_ = layout.Layout(prefix).exec
-    sh = layout.Layout(prefix).shim
-    custom = shell is not None and tuple(shell) != DEFAULT_SHELL
+def _see_shell(index: int, ins: Instruction, shell: _Shell, prefix: str, filename: str) -> None:
+    if not ins.json:
+        raise SourceError(filename, ins.line, "SHELL needs the JSON form",
+                          'write it as SHELL ["executable", "parameters"...], e.g. '
+                          'SHELL ["/bin/bash", "-c"]')
+    if _routed(ins.json, prefix):
+        shell.user, shell.routed, shell.pending = ins.json[1:], True, None
+    else:
+        shell.user, shell.routed, shell.pending = ins.json, False, index
+
+
+def _plan_run(lexed: Lexed, i: int, ins: Instruction, shell: _Shell, options: Options, prefix: str,
+              style: _Style, plan: _Plan, findings: list[Finding], stage: Stage) -> int:
+    """Plan one RUN of a foreign stage that does not go through the bundle yet; 1 if it or the
+    SHELL it runs under changes."""
     mount = options.mode is Mode.MOUNT
     flags = [_mount_flag(options)] if mount else []
+    exec_ = layout.Layout(prefix).exec
     if ins.json is not None:
         if not ins.json:
-            return None  # RUN [] runs nothing
-        return _render_run(ins.keyword, [*flags, ins.flags_raw], [exec_, *ins.json])
+            return 0  # RUN [] runs nothing
+        plan.replace[i] = _render(ins.keyword, [*flags, ins.flags_raw], [exec_, *ins.json])
+        findings.append(Finding(ins.line, 1, "info", "XS002",
+                                f"{stage.label}: exec-form RUN rewritten to run through the shim"))
+        return 1
+    if not ins.args and not ins.heredocs:
+        return 0  # no command: the builder rejects it, with or without the shim
+    known = shell.user is not None
+    custom = known and shell.user != DEFAULT_SHELL
     if not mount and not custom:
-        return None  # /bin/sh is the shim now
-    eff = _effective_shell(shell)
-    runner = [exec_, *eff] if custom else [sh, *eff[1:]]
+        return 0  # /bin/sh is the shim now
+    if known:
+        assert shell.user is not None
+        changed = 0
+        if not shell.routed:
+            if shell.pending is not None:
+                own = lexed.instructions[shell.pending]
+                plan.replace[shell.pending] = _render(own.keyword, [], [exec_, *shell.user])
+                line = own.line
+            else:
+                plan.after.setdefault(i - 1, []).append(
+                    _render(style.kw("SHELL"), [], [exec_, *shell.user]))
+                line = ins.line
+            findings.append(Finding(line, 1, "info", "XS003",
+                                    f"{stage.label}: SHELL routed through the shim (the user's "
+                                    "SHELL is set back where the image config takes it)"))
+            if mount:
+                findings.append(Finding(
+                    line, 1, "warning", "XS014",
+                    f"{stage.label}: buildah and podman use SHELL only with --format docker (in "
+                    "their default OCI format they run /bin/sh, which mount mode cannot route): "
+                    "build with --format docker there, or patch with --mode copy"))
+            shell.routed, shell.pending = True, None
+            changed = 1
+        if mount:
+            plan.first[i] = _with_flag(lexed.lines[ins.start], ins.keyword, flags[0])
+            changed = 1
+        return changed
+    plan.replace[i] = _rewrite_run(ins, options, prefix)
+    findings.append(Finding(ins.line, 1, "info", "XS002",
+                            f"{stage.label}: RUN rewritten to run through the shim"))
+    return 1
+
+
+def _rewrite_run(ins: Instruction, options: Options, prefix: str) -> str:
+    """A shell-form RUN under the base image's (unknown) SHELL in mount mode, as the exec form
+    the builder would have run, through the shim."""
+    sh = layout.Layout(prefix).shim
+    flags = [_mount_flag(options)]
     if ins.heredocs:
-        argv, pipes = _heredoc_argv(ins, eff)
+        argv, pipes = _heredoc_argv(ins, DEFAULT_SHELL)
         if pipes:
             flags.append(f"--mount=type=tmpfs,target={HEREDOC_PIPES}")
-            return _render_run(ins.keyword, [*flags, ins.flags_raw], [sh, *argv])
-        return _render_run(ins.keyword, [*flags, ins.flags_raw], [*runner, argv[-1]])
-    return _render_run(ins.keyword, [*flags, ins.flags_raw], [*runner, ins.args])
+            return _render(ins.keyword, [*flags, ins.flags_raw], [sh, *argv])
+        return _render(ins.keyword, [*flags, ins.flags_raw], [sh, "-c", argv[-1]])
+    return _render(ins.keyword, [*flags, ins.flags_raw], [sh, "-c", ins.args])
 
 
 def _assemble(lexed: Lexed, plan: _Plan) -> str:
@@ -533,6 +431,8 @@ def _assemble(lexed: Lexed, plan: _Plan) -> str:
             emit_new(plan.replace[k], eol)
         else:
             span = lines[ins.start:ins.end]
+            if k in plan.first:
+                span = [plan.first[k], *span[1:]]
             if ins.unterminated and k in plan.after:
                 span = close_continuation(span, lexed.escape)
             for line in span:
@@ -555,9 +455,26 @@ def check_options(options: Options) -> None:
     if not options.prefix.startswith("/"):
         raise InputError(f"the prefix {options.prefix!r} is not absolute",
                          f"use an absolute path such as {DEFAULT_PREFIX}")
-    if options.bundle.startswith("/") or options.bundle.split("/")[0] == "..":
+    if options.mount_from is not None:
+        if options.mode is not Mode.MOUNT:
+            raise InputError("a named build context for the bundle only serves mount mode",
+                             "add --mode mount, or drop --mount-from")
+        if not _CONTEXT_NAME.fullmatch(options.mount_from):
+            raise InputError(f"{options.mount_from!r} is not a build context name",
+                             "use lower-case letters, digits and . _ - (e.g. xshim), as in "
+                             "--build-context xshim=DIR")
+    elif options.bundle.startswith("/") or options.bundle.split("/")[0] == "..":
         raise InputError(f"the bundle directory {options.bundle!r} is outside the build context",
-                         "put the bundle inside the build context (xshim bundle -o .xshim)")
+                         "put the bundle inside the build context (xshim bundle -o .xshim), or "
+                         "give it as a named build context (--mode mount --mount-from xshim)")
+    for target in split_targets(options.platform):
+        if target is None:
+            continue
+        try:
+            resolve_platform(target)
+        except archmod.UnknownPlatformError:
+            known = ", ".join(a.platform for a in archmod.ARCHES)
+            raise InputError(f"unknown platform {target!r}", f"use one of: {known}") from None
 
 
 def patch(text: str, options: Options, filename: str = "Dockerfile") -> PatchResult:
@@ -575,7 +492,7 @@ def patch(text: str, options: Options, filename: str = "Dockerfile") -> PatchRes
         if stage.foreign:
             stage.needs_patch = _plan_stage(lexed, stage, options, plan, findings, filename)
     findings.sort(key=lambda f: (f.line, f.code))
-    new_text = _assemble(lexed, plan) if (plan.replace or plan.after) else text
+    new_text = _assemble(lexed, plan) if (plan.replace or plan.first or plan.after) else text
     return PatchResult(new_text, stages, findings, lexed)
 
 

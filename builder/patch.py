@@ -41,6 +41,7 @@ class PatchRequest:
     bundle: str | None = None  # the bundle directory on this machine
     prefix: str | None = None
     mode: str = "copy"
+    mount_from: str | None = None  # mount mode: the bundle comes from this named build context
     context: str = "."
     check: bool = False
     diff: bool = False
@@ -87,10 +88,19 @@ def resolve_options(req: PatchRequest) -> Options:
         raise InputError(f"unknown mode {req.mode!r}", "use --mode copy or --mode mount")
     platform = None
     if req.platform:
-        try:
-            platform = resolve_platform(req.platform).platform
-        except archmod.UnknownPlatformError as e:
-            raise bad_platform(e) from None
+        targets: list[str] = []
+        for text in req.platform.split(","):
+            if not text.strip():
+                raise InputError(f"--platform {req.platform!r} has an empty entry",
+                                 "give one platform or a comma-separated list, e.g. "
+                                 "linux/amd64,linux/arm64")
+            try:
+                targets.append(resolve_platform(text).platform)
+            except archmod.UnknownPlatformError as e:
+                raise bad_platform(e) from None
+        platform = ",".join(dict.fromkeys(targets))
+    if req.mount_from is not None and req.mode != "mount":
+        raise InputError("--mount-from only serves mount mode", "add --mode mount")
     bundle_text = L.DEFAULT_DIR
     prefix = req.prefix
     if req.bundle is not None:
@@ -109,12 +119,35 @@ def resolve_options(req: PatchRequest) -> Options:
         try:
             bundle_text = real.relative_to(context).as_posix()
         except ValueError:
-            raise InputError(
-                f"the bundle {req.bundle!r} is outside the build context {req.context!r}",
-                "make the bundle inside the directory you build from "
-                "(xshim bundle -o .xshim), or give that directory with --context") from None
+            if req.mount_from is not None:
+                bundle_text = L.DEFAULT_DIR  # not written: the mounts name the context
+            else:
+                raise InputError(
+                    f"the bundle {req.bundle!r} is outside the build context {req.context!r}",
+                    "make the bundle inside the directory you build from "
+                    "(xshim bundle -o .xshim), give that directory with --context, or mount "
+                    "it from a named build context (--mode mount --mount-from xshim)") from None
     return Options(platform=platform, mode=Mode(req.mode), bundle=bundle_text,
-                   prefix=prefix or L.DEFAULT_PREFIX)
+                   prefix=prefix or L.DEFAULT_PREFIX, mount_from=req.mount_from)
+
+
+def _missing_emulators(result: PatchResult, manifest: Manifest, bundle: str) -> list[Finding]:
+    """A warning for each patched stage whose platform the bundle has no emulator for: its
+    first foreign exec would fail in the build."""
+    names = set(manifest.emulators)
+    out = []
+    for stage in result.stages_to_patch:
+        for platform in (stage.platform or "").split(","):
+            if not platform:
+                continue
+            arch = resolve_platform(platform)
+            if arch.name not in names:
+                line = result.lexed.instructions[stage.from_index].line
+                out.append(Finding(line, 1, "warning", "XS013",
+                                   f"{stage.label} runs on {platform} but the bundle {bundle!r} "
+                                   f"has no emulator for it: make it with xshim bundle "
+                                   f"--platform {platform} (a list for several)"))
+    return out
 
 
 def format_findings(name: str, findings: list[Finding], fmt: str) -> str:
@@ -145,6 +178,10 @@ def run_patch(req: PatchRequest, stdin: TextIO | None = None, stdout: TextIO | N
     options = resolve_options(req)
     name, text = _read_input(req.dockerfile, stdin)
     result: PatchResult = patch(text, options, filename=name)
+    if req.bundle is not None:
+        result.findings.extend(_missing_emulators(result, _read_manifest(Path(req.bundle)),
+                                                  req.bundle))
+        result.findings.sort(key=lambda f: (f.line, f.code))
     if req.check:
         needing = [f for f in result.findings if f.code == "XS001"]
         shown = result.findings if req.format == "json" else needing or result.findings

@@ -51,40 +51,44 @@ FROM --platform=linux/arm64 debian:bookworm AS build
 ARG XSHIM_TRACE
 COPY .xshim /.xshim
 RUN ["/.xshim/bin/xshim-install"]
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c", "echo hi | cat"]
+SHELL ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c"]
+RUN echo hi | cat
 RUN ["/.xshim/bin/xshim-exec", "dpkg", "--print-architecture"]
 USER nobody
-USER root
+USER 0
 RUN ["/.xshim/bin/xshim-restore", "--remove-bundle"]
 USER nobody
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 FROM build
 ARG XSHIM_TRACE
-USER root
+USER 0
 COPY .xshim /.xshim
 RUN ["/.xshim/bin/xshim-install"]
 USER nobody
-RUN ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c", "id -u"]
-USER root
+SHELL ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c"]
+RUN id -u
+USER 0
 RUN ["/.xshim/bin/xshim-restore", "--remove-bundle"]
 USER nobody
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 """
 
 EXAMPLE_MOUNT = """\
 FROM --platform=linux/arm64 debian:bookworm AS build
 ARG XSHIM_TRACE
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN --mount=type=bind,source=.xshim,target=/.xshim \
-["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c", "echo hi | cat"]
+SHELL ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c"]
+RUN --mount=type=bind,source=.xshim,target=/.xshim echo hi | cat
 RUN --mount=type=bind,source=.xshim,target=/.xshim \
 ["/.xshim/bin/xshim-exec", "dpkg", "--print-architecture"]
 USER nobody
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 FROM build
 ARG XSHIM_TRACE
-RUN --mount=type=bind,source=.xshim,target=/.xshim \
-["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c", "id -u"]
+SHELL ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c"]
+RUN --mount=type=bind,source=.xshim,target=/.xshim id -u
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 """
 
 
@@ -159,6 +163,34 @@ def test_stage_platforms(text: str, platform: str | None,
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # One Dockerfile built for two platforms: foreign when foreign for either.
+        ("FROM debian\nRUN x\n", [("foreign", "linux/arm64", ("linux/amd64",))]),
+        ("FROM --platform=$TARGETPLATFORM debian\nRUN x\n",
+         [("foreign", "linux/arm64", ("linux/amd64",))]),
+        ("FROM --platform=linux/amd64 debian\nRUN x\n", [("native", "linux/amd64", ())]),
+        ("FROM --platform=$BUILDPLATFORM golang AS b\nRUN x\nFROM debian\nCOPY --from=b / /\n"
+         "RUN y\nFROM b\nRUN z\n",
+         [("build-platform", "linux/amd64", ()), ("foreign", "linux/arm64", ("linux/amd64",)),
+          ("build-platform", "linux/amd64", ())]),
+        ("FROM debian AS a\nRUN x\nFROM a\nRUN y\n",
+         [("foreign", "linux/arm64", ("linux/amd64",))] * 2),
+    ],
+)
+def test_platform_lists(text: str, expected: list[tuple[str, str, tuple[str, ...]]]) -> None:
+    stages = patch(text, opts("copy", "linux/amd64,linux/arm64")).stages
+    assert [(s.kind, s.platform, s.native_for) for s in stages] == expected
+    for s in stages:  # a parent is the merged stage itself, not one target's copy of it
+        assert s.parent is None or s.parent is stages[s.parent.index]
+    three = patch("FROM debian\nRUN x\n", opts("copy", "linux/arm64,linux/riscv64,linux/amd64"))
+    assert [(s.platform, s.native_for) for s in three.stages] == [
+        ("linux/arm64,linux/riscv64", ("linux/amd64",))]
+    assert patch("FROM debian\nRUN x\n", opts("copy", "linux/amd64,linux/386")).text == (
+        "FROM debian\nRUN x\n")
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "FROM debian\nRUN x\n",
@@ -212,19 +244,13 @@ def wrapped(body: str, mode: str = "copy") -> list[Instruction]:
 @pytest.mark.parametrize(
     ("body", "copy_argv", "mount_argv"),
     [
+        # Under the base image's SHELL: copy mode keeps it (the shim is /bin/sh), mount mode
+        # runs the exec form the builder would have run.
         ("RUN a && b\n", None, [SH, "-c", "a && b"]),
         ('RUN ["apt-get", "update"]\n', [EXEC, "apt-get", "update"],
          [EXEC, "apt-get", "update"]),
-        ('SHELL ["/bin/bash", "-o", "pipefail", "-c"]\nRUN a | b\n',
-         [EXEC, "/bin/bash", "-o", "pipefail", "-c", "a | b"],
-         [EXEC, "/bin/bash", "-o", "pipefail", "-c", "a | b"]),
-        # Continuations joined exactly as the builder joins them (comment lines dropped).
-        ('SHELL ["/bin/bash", "-c"]\nRUN a \\\n  # note\n  && b\n',
-         [EXEC, "/bin/bash", "-c", "a   && b"], [EXEC, "/bin/bash", "-c", "a   && b"]),
         # Invalid JSON is shell form.
         ("RUN ['x']\n", None, [SH, "-c", "['x']"]),
-        # An explicit default SHELL is the default.
-        ('SHELL ["/bin/sh", "-c"]\nRUN a\n', None, [SH, "-c", "a"]),
     ],
 )
 def test_run_rules(body: str, copy_argv: list[str] | None, mount_argv: list[str]) -> None:
@@ -248,16 +274,168 @@ def test_run_flags_are_kept() -> None:
     assert m.flags == (MOUNT, "--mount=type=cache,target=/var/cache/apt", "--network=none")
     body = 'SHELL ["/bin/bash", "-c"]\nRUN --network=host apt-get update\n'
     (c,) = wrapped(body)
-    assert c.flags == ("--network=host",) and c.json == (EXEC, "/bin/bash", "-c",
-                                                         "apt-get update")
+    assert c.flags == ("--network=host",) and c.json is None and c.args == "apt-get update"
+    (m,) = wrapped(body, "mount")
+    assert m.flags == (MOUNT, "--network=host") and m.args == "apt-get update"
+
+
+# --- SHELL routing: shell-form RUN lines stay as written ---------------------------------------
+
+BASH = ["/bin/bash", "-o", "pipefail", "-c"]
+ROUTED = f'SHELL {json.dumps([EXEC, *BASH])}'
+USER_SHELL = f"SHELL {json.dumps(BASH)}"
+LONG_RUN = """\
+RUN set -x; \\
+    # install what the build needs
+    apt-get update && \\
+\t  apt-get install -y --no-install-recommends \\
+        gcc libc6-dev \\
+    && rm -rf /var/lib/apt/lists/*
+"""
+
+
+def shells_of(text: str) -> list[list[str]]:
+    return [list(i.json or ()) for i in lex(text).instructions if i.cmd == "shell"]
+
+
+def test_shell_form_runs_stay_byte_identical_in_copy_mode() -> None:
+    body = f"{USER_SHELL}\n{LONG_RUN}RUN echo hi | cat\n"
+    out = rewrite(FOREIGN + body)
+    assert LONG_RUN + "RUN echo hi | cat\n" in out  # every byte of both RUNs
+    # The SHELL instruction itself is what changed, once, and comes back at the end.
+    assert out.count(ROUTED) == 1 and out.index(ROUTED) < out.index("RUN set -x")
+    assert shells_of(out) == [[EXEC, *BASH], BASH]
+    assert out.endswith(f'RUN ["{P}/bin/xshim-restore", "--remove-bundle"]\n{USER_SHELL}\n')
+
+
+def test_mount_mode_changes_only_the_first_line_of_a_run() -> None:
+    body = f"{USER_SHELL}\n{LONG_RUN}"
+    out = rewrite(FOREIGN + body, "mount")
+    _, *rest = LONG_RUN.splitlines(keepends=True)
+    assert f"RUN {MOUNT} set -x; \\\n" + "".join(rest) in out
+    assert shells_of(out) == [[EXEC, *BASH], BASH]
+    (run,) = wrapped(body, "mount")
+    assert run.flags == (MOUNT,) and run.logical.endswith(runs_of(FOREIGN + body)[0].args)
+
+
+@pytest.mark.parametrize(("run", "expected"), [
+    ("  run a\n", f"  run {MOUNT} a\n"),
+    ("RUN\t--network=none a\n", f"RUN {MOUNT}\t--network=none a\n"),
+    ("RUN \\\n  a\n", f"RUN {MOUNT} \\\n  a\n"),
+    ("RUN\\\n  a\n", f"RUN {MOUNT} \\\n  a\n"),
+])
+def test_mount_flag_goes_right_after_the_keyword(run: str, expected: str) -> None:
+    out = rewrite(FOREIGN + 'SHELL ["/bin/bash", "-c"]\n' + run, "mount")
+    assert expected in out
+    (r,) = wrapped('SHELL ["/bin/bash", "-c"]\n' + run, "mount")
+    (o,) = runs_of(FOREIGN + run)
+    assert r.flags == (MOUNT, *o.flags) and r.args == o.args
+
+
+def test_mount_mode_shell_routing_warns_about_oci_format() -> None:
+    result = patch(FOREIGN + f"{USER_SHELL}\nRUN a\nRUN b\n", opts("mount"))
+    (w,) = [f for f in result.findings if f.code == "XS014"]
+    assert w.line == 2 and w.level == "warning" and "--format docker" in w.message
+    assert not [f for f in patch(FOREIGN + f"{USER_SHELL}\nRUN a\n", opts()).findings
+                if f.code == "XS014"]
+
+
+def test_mount_from_a_named_context() -> None:
+    o = Options(mode=Mode.MOUNT, mount_from="xshim", host=HOST)
+    out = patch(FOREIGN + f"{USER_SHELL}\nRUN a\nRUN [\"b\"]\nRUN c\n", o).text
+    flag = "--mount=type=bind,from=xshim,target=/.xshim"
+    assert f"RUN {flag} a\n" in out and f"RUN {flag} c\n" in out
+    assert f'RUN {flag} ["{EXEC}", "b"]\n' in out
+    assert ".xshim /" not in out and "source=" not in out
+    # Under the base image's SHELL the exec form mounts the context the same way.
+    (r,) = runs_of(patch(FOREIGN + "RUN a\n", o).text)
+    assert r.flags == (flag,) and r.json == (SH, "-c", "a")
+
+
+@pytest.mark.parametrize("bad", [
+    Options(mount_from="xshim", host=HOST),  # copy mode
+    Options(mode=Mode.MOUNT, mount_from="Bad Name", host=HOST),
+    Options(mode=Mode.MOUNT, mount_from="a,b", host=HOST),
+])
+def test_mount_from_bad_values(bad: Options) -> None:
+    with pytest.raises(InputError) as e:
+        patch(FOREIGN + "RUN a\n", bad)
+    assert e.value.hint and e.value.exit_code == 2
+
+
+@pytest.mark.parametrize("mode", ["copy", "mount"])
+def test_explicit_default_shell(mode: str) -> None:
+    body = 'SHELL ["/bin/sh", "-c"]\nRUN a\n'
+    out = rewrite(FOREIGN + body, mode)
+    if mode == "copy":  # /bin/sh is the shim: nothing to route
+        assert shells_of(out) == [["/bin/sh", "-c"]] and "\nRUN a\n" in out
+    else:  # known, so it routes and is set back
+        assert shells_of(out) == [[EXEC, "/bin/sh", "-c"], ["/bin/sh", "-c"]]
+        assert f"\nRUN {MOUNT} a\n" in out
 
 
 def test_shell_inherited_from_parent_stage() -> None:
-    text = (FOREIGN[:-1] + " AS a\nSHELL [\"/bin/bash\", \"-c\"]\nRUN x\n"
-            "FROM a\nRUN y\n")
-    runs = [r for r in runs_of(rewrite(text)) if r.json and r.json[0] == EXEC]
-    assert [r.json for r in runs] == [(EXEC, "/bin/bash", "-c", "x"),
-                                      (EXEC, "/bin/bash", "-c", "y")]
+    text = (FOREIGN[:-1] + f" AS a\n{USER_SHELL}\nRUN x\nFROM a\nRUN y\n")
+    out = rewrite(text)
+    assert "\nRUN x\n" in out and "\nRUN y\n" in out
+    # The parent's SHELL is rewritten in place; the child, which has none of its own, routes the
+    # inherited one right before its first shell-form RUN. Both stages end with the user's.
+    assert shells_of(out) == [[EXEC, *BASH], BASH, [EXEC, *BASH], BASH]
+    child = out[out.index("FROM a"):]
+    assert child.index(ROUTED) < child.index("RUN y") < child.rindex(USER_SHELL)
+
+
+def test_shell_not_used_by_a_shell_form_run_is_left_alone() -> None:
+    body = f'{USER_SHELL}\nRUN ["make"]\nSHELL ["/bin/dash", "-c"]\nRUN x\n'
+    out = rewrite(FOREIGN + body)
+    assert shells_of(out) == [BASH, [EXEC, "/bin/dash", "-c"], ["/bin/dash", "-c"]]
+
+
+@pytest.mark.parametrize("form", ["CMD", "ENTRYPOINT", "cmd"])
+@pytest.mark.parametrize("mode", ["copy", "mount"])
+def test_shell_form_cmd_sees_the_users_shell(form: str, mode: str) -> None:
+    # The builder stores [SHELL..., "serve"] for a shell-form CMD/ENTRYPOINT: the user's SHELL
+    # must be in force there, and routing resumes for the next RUN.
+    body = f"{USER_SHELL}\nRUN a\n{form} serve --port 80\nRUN b\n{form} [\"x\"]\nRUN c\n"
+    out = rewrite(FOREIGN + body, mode)
+    ins = [i for i in lex(out).instructions if i.cmd in ("shell", "run", form.lower())
+           and not (i.json and i.json[0] in (f"{P}/bin/xshim-install", f"{P}/bin/xshim-restore"))]
+    seq = [(i.cmd, list(i.json) if i.cmd == "shell" else i.args) for i in ins]
+    flag = f"{MOUNT} " if mode == "mount" else ""
+    assert [(c, a if c == "shell" else a.removeprefix(flag)) for c, a in seq] == [
+        ("shell", [EXEC, *BASH]), ("run", "a"), ("shell", BASH), (form.lower(), "serve --port 80"),
+        ("shell", [EXEC, *BASH]), ("run", "b"), (form.lower(), '["x"]'), ("run", "c"),
+        ("shell", BASH)]
+
+
+@pytest.mark.parametrize("mode", ["copy", "mount"])
+def test_cmd_between_shell_and_first_run_keeps_the_users_shell(mode: str) -> None:
+    body = f"{USER_SHELL}\nCMD serve\nRUN a\n"
+    out = rewrite(FOREIGN + body, mode)
+    assert f"\n{USER_SHELL}\nCMD serve\n{ROUTED}\nRUN " in out
+    assert config_shells(out) == config_shells(FOREIGN + body)
+
+
+def test_shell_needs_json_form() -> None:
+    with pytest.raises(SourceError) as e:
+        patch(FOREIGN + "RUN a\nSHELL /bin/bash -c\nRUN b\n", opts(), filename="Df")
+    assert e.value.file == "Df" and e.value.line == 3 and "JSON" in e.value.message
+    assert e.value.hint and "SHELL [" in e.value.hint
+
+
+def test_shell_routing_keeps_crlf_casing_and_missing_final_newline() -> None:
+    text = 'from --platform=linux/arm64 debian\r\nshell ["/bin/bash", "-c"]\r\nrun a'
+    out = rewrite(text, "mount")
+    assert out == ('from --platform=linux/arm64 debian\r\narg XSHIM_TRACE\r\n'
+                   f'shell ["{EXEC}", "/bin/bash", "-c"]\r\nrun {MOUNT} a\r\n'
+                   'shell ["/bin/bash", "-c"]')
+
+
+def test_shell_with_comment_lines_inside_keeps_them() -> None:
+    body = 'SHELL ["/bin/bash", \\\n# why bash\n  "-c"]\nRUN a\n'
+    out = rewrite(FOREIGN + body)
+    assert "# why bash\n" in out and shells_of(out) == [[EXEC, "/bin/bash", "-c"],
+                                                       ["/bin/bash", "-c"]]
 
 
 # --- heredocs: the argv BuildKit's dispatchRun would build -------------------------------------
@@ -282,9 +460,22 @@ def test_heredoc_complex_command_is_reconstituted() -> None:
     assert m.json == (SH, "-c", "python3 <<A 3<<B > /out\nprint(1)\nA\nthree\nB")
 
 
-def test_heredoc_with_custom_shell_in_copy_mode() -> None:
-    (c,) = wrapped('SHELL ["/bin/bash", "-eu", "-c"]\nRUN <<EOF\nset -o pipefail\nEOF\n')
-    assert c.json == (EXEC, "/bin/bash", "-eu", "-c", "set -o pipefail\n")
+@pytest.mark.parametrize("heredoc", [
+    "RUN <<EOF\nset -o pipefail\nEOF\n",
+    "RUN <<EOF\nEOF\n",  # an empty body: whatever the builder does with it, it still does
+    "RUN <<-EOT sh -e\n\techo a\n\tEOT\n",
+    "RUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF\n",  # BuildKit runs /dev/pipes/EOF
+    "RUN python3 <<A 3<<B > /out\nprint(1)\nA\nthree\nB\n",
+])
+def test_heredocs_under_a_routed_shell_are_left_to_the_builder(heredoc: str) -> None:
+    body = 'SHELL ["/bin/bash", "-eu", "-c"]\n' + heredoc
+    out = rewrite(FOREIGN + body)
+    assert "\n" + heredoc in out
+    assert shells_of(out) == [[EXEC, "/bin/bash", "-eu", "-c"], ["/bin/bash", "-eu", "-c"]]
+    first, *rest = heredoc.splitlines(keepends=True)
+    out = rewrite(FOREIGN + body, "mount")
+    assert "\n" + first.replace("RUN ", f"RUN {MOUNT} ", 1) + "".join(rest) in out
+    assert "/dev/pipes" not in out
 
 
 def test_heredoc_shebang_is_written_to_a_file_and_run() -> None:
@@ -314,7 +505,7 @@ def test_heredoc_crlf_body_is_kept_exactly() -> None:
 def test_user_sandwich_only_for_non_root() -> None:
     for user, sandwich in [("root", False), ("0:0", False), ("app", True), ("1000", True)]:
         out = rewrite(FOREIGN + f"RUN x\nUSER {user}\n")
-        assert out.endswith(f"USER {user}\nUSER root\nRUN [\"{P}/bin/xshim-restore\", "
+        assert out.endswith(f"USER {user}\nUSER 0\nRUN [\"{P}/bin/xshim-restore\", "
                             f"\"--remove-bundle\"]\nUSER {user}\n") == sandwich
 
 
@@ -330,7 +521,7 @@ def test_inserted_lines_follow_casing_and_crlf() -> None:
     out = rewrite(text)
     assert out == (
         "from --platform=linux/arm64 debian\r\narg XSHIM_TRACE\r\ncopy .xshim /.xshim\r\n"
-        'run ["/.xshim/bin/xshim-install"]\r\nrun x\r\nuser app\r\nuser root\r\n'
+        'run ["/.xshim/bin/xshim-install"]\r\nrun x\r\nuser app\r\nuser 0\r\n'
         'run ["/.xshim/bin/xshim-restore", "--remove-bundle"]\r\nuser app\r\n')
 
 
@@ -374,13 +565,16 @@ def _span_text(lexed: Lexed, ins: Instruction) -> str:
     return "".join(lexed.lines[ins.start:ins.end]).rstrip("\r\n")
 
 
-def _is_inserted(ins: Instruction, users: set[str]) -> bool:
+def _is_inserted(ins: Instruction, users: set[str], shells: set[tuple[str, ...]]) -> bool:
+    if ins.cmd == "shell":  # the routed SHELL, or the user's set back
+        return ins.json in shells or (ins.json is not None and ins.json[0] == EXEC
+                                      and ins.json[1:] in shells)
     if ins.cmd == "arg":
         return ins.args == "XSHIM_TRACE"
     if ins.cmd == "copy":
         return ins.args == f".xshim {P}"
     if ins.cmd == "user":
-        return ins.args == "root" or ins.args in users
+        return ins.args == "0" or ins.args in users
     if ins.cmd == "run":
         return ins.json in ((f"{P}/bin/xshim-install",),
                             (f"{P}/bin/xshim-restore", "--remove-bundle"))
@@ -389,6 +583,12 @@ def _is_inserted(ins: Instruction, users: set[str]) -> bool:
 
 def _wraps(orig: Instruction, new: Instruction, mode: str) -> bool:
     """Whether ``new`` runs what ``orig`` ran, through the shim, with the same flags."""
+    if new.cmd == orig.cmd == "shell":
+        return orig.json is not None and new.json == (EXEC, *orig.json)
+    if (mode == "mount" and new.cmd == orig.cmd == "run" and new.json is None
+            and orig.json is None):  # under a routed SHELL: the first line gains the mount
+        return (new.flags == (MOUNT, *orig.flags) and new.args == orig.args
+                and new.heredocs == orig.heredocs and new.end - new.start == orig.end - orig.start)
     if new.cmd != "run" or orig.cmd != "run" or new.json is None:
         return False
     flags = list(new.flags)
@@ -415,6 +615,7 @@ def _wraps(orig: Instruction, new: Instruction, mode: str) -> bool:
 def assert_preserved(original: str, patched: str, mode: str) -> None:
     a, b = lex(original), lex(patched)
     users = {i.args for i in a.instructions if i.cmd == "user"}
+    shells = {i.json for i in a.instructions if i.cmd == "shell" and i.json}
     j = 0
     for ins in b.instructions:
         if j < len(a.instructions):
@@ -427,7 +628,7 @@ def assert_preserved(original: str, patched: str, mode: str) -> None:
             if same or _wraps(orig, ins, mode):
                 j += 1
                 continue
-        assert _is_inserted(ins, users), f"unexpected instruction {_span_text(b, ins)!r}"
+        assert _is_inserted(ins, users, shells), f"unexpected instruction {_span_text(b, ins)!r}"
     assert j == len(a.instructions), "an original instruction went missing"
 
 
@@ -471,6 +672,7 @@ _run_heredoc = st.tuples(st.sampled_from(["", "-", "'"]), _body, st.booleans()).
 _other = st.sampled_from([
     "ENV A=1", "WORKDIR /w", "COPY . /src", "USER app", "USER root", "LABEL a=b", "EXPOSE 80",
     'SHELL ["/bin/bash", "-c"]', "# a comment", "", "ARG X=1", 'CMD ["x"]', "ONBUILD RUN x",
+    "CMD serve", "ENTRYPOINT run it", 'SHELL ["/bin/sh", "-c"]',
 ])
 _line = st.one_of(_run_shell, _run_exec, _run_cont, _run_flag, _run_heredoc, _other)
 _from = st.sampled_from([
@@ -496,8 +698,41 @@ def dockerfiles(draw: st.DrawFn) -> str:
     return text + (eol if draw(st.booleans()) else "")
 
 
+def config_shells(text: str) -> list[tuple[str, tuple[str, ...] | None]]:
+    """The SHELL the image config holds where the builder reads it: at each shell-form CMD or
+    ENTRYPOINT (baked into them) and at the end of each stage (inherited, exported)."""
+    out: list[tuple[str, tuple[str, ...] | None]] = []
+    ends: dict[str, tuple[str, ...] | None] = {}
+    shell: tuple[str, ...] | None = None
+    name: str | None = None
+    for ins in lex(text).instructions:
+        if ins.cmd == "from":
+            if name is not None or out:
+                out.append(("end", shell))
+            if name is not None:
+                ends[name] = shell
+            words = [w for w in ins.values if isinstance(w, str)]
+            shell = ends.get(words[0].lower())
+            name = words[2].lower() if len(words) >= 3 else ""
+        elif ins.cmd == "shell":
+            shell = ins.json
+        elif ins.cmd in ("cmd", "entrypoint") and ins.json is None:
+            out.append((ins.cmd, shell))
+    out.append(("end", shell))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["copy", "mount"])
+def test_run_without_a_command_is_left_to_the_builder(mode: str) -> None:
+    text = FOREIGN + "RUN --'\nRUN --network=none\n"
+    out = rewrite(text, mode)
+    assert "\nRUN --'\nRUN --network=none\n" in out
+    assert_preserved(text, out, mode)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(dockerfiles(), st.sampled_from(["copy", "mount"]), st.sampled_from([None, "linux/arm64"]))
+@given(dockerfiles(), st.sampled_from(["copy", "mount"]),
+       st.sampled_from([None, "linux/arm64", "linux/amd64,linux/arm64"]))
 def test_generated_dockerfiles_keep_every_instruction(text: str, mode: str,
                                                       platform: str | None) -> None:
     try:
@@ -506,6 +741,7 @@ def test_generated_dockerfiles_keep_every_instruction(text: str, mode: str,
         return
     result = patch(text, opts(mode, platform))
     assert_preserved(text, result.text, mode)
+    assert config_shells(result.text) == config_shells(text)
     assert patch(result.text, opts(mode, platform)).text == result.text
     if not any(s.foreign and s.runs for s in result.stages):
         assert result.text == text

@@ -23,12 +23,13 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def make_bundle(path: Path, prefix: str = "/.xshim") -> Path:
+def make_bundle(path: Path, prefix: str = "/.xshim",
+                emulators: dict[str, str] | None = None) -> Path:
     """A directory with a valid manifest: all that ``xshim patch --bundle`` reads."""
     (path / "bin").mkdir(parents=True)
     manifest = Manifest(prefix=prefix, host_arch=arch.host_arch().name,
-                        platforms=("linux/arm64",), emulators={}, loader="lib/ld.so",
-                        entries=(), dirs=())
+                        platforms=("linux/arm64",), emulators=emulators or {},
+                        loader="lib/ld.so", entries=(), dirs=())
     (path / "manifest.json").write_text(manifest.dumps())
     return path
 
@@ -123,6 +124,14 @@ def test_diff(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["patch", "Dockerfile"], "FROM --platform=linux/vax a\nRUN x\n",
          "Dockerfile:1: unknown platform 'linux/vax'"),
         (["patch", "Dockerfile", "--platform", "linux/vax"], ARM, "unknown platform 'linux/vax'"),
+        (["patch", "Dockerfile", "--platform", "linux/amd64,linux/vax"], ARM,
+         "unknown platform 'linux/vax'"),
+        (["patch", "Dockerfile", "--platform", "linux/amd64,,linux/arm64"], ARM, "empty entry"),
+        (["patch", "Dockerfile"], "FROM --platform=linux/arm64 a\nRUN x\nSHELL bash -c\nRUN y\n",
+         "Dockerfile:3: SHELL needs the JSON form"),
+        (["patch", "Dockerfile", "--mount-from", "xshim"], ARM, "only serves mount mode"),
+        (["patch", "Dockerfile", "--mode", "mount", "--mount-from", "X Y"], ARM,
+         "'X Y' is not a build context name"),
         (["patch", "Dockerfile", "--bundle", "nope"], ARM, "bundle directory 'nope' does not"),
         (["patch", "Dockerfile", "--bundle", "empty"], ARM, "manifest.json: no such file"),
         (["patch", "Dockerfile", "--bundle", "b", "--prefix", "/opt/x"], ARM,
@@ -163,6 +172,47 @@ def test_bundle_relative_to_context_and_prefix_from_manifest(
     out = capsys.readouterr().out
     assert ('RUN --mount=type=bind,source=build/xs,target=/opt/xs '
             '["/opt/xs/bin/sh", "-c", "apt-get update"]') in out
+
+
+def test_platform_list(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # One patched file for a build of both platforms: the stage is foreign for arm64, so it is
+    # patched; for amd64 the shim runs every command directly (reported, not an error).
+    (workdir / "Dockerfile").write_text(NATIVE)
+    assert main(["patch", "Dockerfile", "--platform", "linux/amd64,linux/arm64"]) == 0
+    captured = capsys.readouterr()
+    assert 'RUN ["/.xshim/bin/xshim-install"]\n' in captured.out
+    assert "Dockerfile:1:1: warning XS001: stage 0 runs on linux/arm64" in captured.err
+    assert main(["patch", "--check", "--format", "json", "Dockerfile",
+                 "--platform", "linux/amd64, linux/arm64"]) == 1
+    records = json.loads(capsys.readouterr().out)
+    assert any(r["code"] == "XS012" and "natively for linux/amd64" in r["message"]
+               for r in records)
+    # Only native targets: nothing to patch.
+    assert main(["patch", "--check", "Dockerfile", "--platform", "linux/amd64,linux/386"]) == 0
+
+
+def test_mount_from_needs_no_bundle_in_the_context(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "ctx").mkdir()
+    (workdir / "ctx" / "Dockerfile").write_text(ARM)
+    make_bundle(workdir / "elsewhere", prefix="/opt/xs")
+    assert main(["patch", "ctx/Dockerfile", "--bundle", "elsewhere", "--context", "ctx",
+                 "--mode", "mount", "--mount-from", "xshim"]) == 0
+    out = capsys.readouterr().out
+    assert ('RUN --mount=type=bind,from=xshim,target=/opt/xs '
+            '["/opt/xs/bin/sh", "-c", "apt-get update"]') in out
+
+
+def test_bundle_without_the_stages_emulator_is_reported(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "Dockerfile").write_text(ARM + "FROM --platform=linux/riscv64 debian\nRUN x\n")
+    make_bundle(workdir / ".xshim", emulators={"aarch64": "qemu/qemu-aarch64-static"})
+    assert main(["patch", "Dockerfile", "--bundle", ".xshim", "-o", "out"]) == 0
+    err = capsys.readouterr().err
+    assert "Dockerfile:3:1: warning XS013: stage 1 runs on linux/riscv64" in err
+    assert "linux/arm64" not in err.split("XS013")[1]
 
 
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
