@@ -11,6 +11,7 @@ The bundle's layout and manifest are defined in shim/layout.py (docs/bundle-cont
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -209,11 +210,41 @@ def _die_like(status: int) -> int:
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
 
 
+def native_image(layout: Layout, root: str = "/") -> bool:
+    """Whether the image's own shell runs on this host without an emulator.
+
+    That is the native leg of a build for several platforms (linux/amd64 and linux/arm64 from
+    one patched Dockerfile): there the shim has nothing to translate, so it steps aside
+    completely, as if the build ran without it.
+    """
+    from .arch import host_arch, natively_runs
+    from .supervisor import guest_arch
+
+    shell = guest_shell(layout, root)
+    arch = guest_arch(shell.encode(), root)
+    return arch is not None and natively_runs(host_arch(), arch)
+
+
+def _exec_native(layout: Layout, argv: list[bytes], env: dict[bytes, bytes],
+                 search_path: bool) -> int:
+    """Run the command itself in place of this process (no supervisor, no ptrace)."""
+    target = argv[0] if search_path else guest_shell(layout).encode()
+    try:
+        if search_path:
+            os.execvpe(target, argv, env)
+        os.execve(target, argv, env)
+    except OSError as e:
+        sys.stderr.write(f"xshim: {os.fsdecode(target)}: {e.strerror}\n")
+        return 127 if e.errno == errno.ENOENT else 126
+
+
 def _run(layout: Layout, argv: list[bytes], program: bytes | None, search_path: bool) -> int:
     from .supervisor import Config, SupervisorError, original_environ, supervise
     from .tracelog import open_sink
 
     env = clean_environ(original_environ() or dict(os.environb), layout.base.encode())
+    if native_image(layout):
+        return _exec_native(layout, argv, env, search_path)
     try:
         sink = open_sink(os.environ.get("XSHIM_TRACE"), os.environ.get("XSHIM_TRACE_HASH"))
     except OSError as e:
@@ -259,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             if role == INSTALL_NAME:
+                if native_image(layout):
+                    return 0  # the image's /bin/sh runs here as it is: nothing to wrap
                 install(layout)
             else:
                 restore(layout, remove_bundle="--remove-bundle" in args)
