@@ -35,3 +35,18 @@ def _no_binfmt_handler(request: pytest.FixtureRequest) -> None:
 
         host = host_arch()
         assert_no_binfmt([a.name for a in ARCHES if not natively_runs(host, a)])
+
+
+# The real-build fixtures (one instance of each builder per test session), for test_builds*.py.
+from support.buildfix import (  # noqa: E402, F401
+    _builders_to_ourselves,
+    base_archive,
+    base_tree,
+    buildah,
+    buildkit,
+    bundle,
+    dockerd,
+    hello_deb,
+    loaded,
+    podman,
+)
