@@ -68,10 +68,23 @@ def assert_no_binfmt(platforms: tuple[str, ...] = ("linux/arm64",)) -> None:
     foreign.assert_no_binfmt(platforms)
 
 
+_held = 0  # how many exclusive() blocks of this process are open
+
+
 @contextlib.contextmanager
 def exclusive(timeout: float = 3600) -> Iterator[None]:
     """Hold the private builders for this process: two test sessions sharing one dockerd and one
-    buildah store would stop, prune and rebuild under each other."""
+    buildah store would stop, prune and rebuild under each other. Re-entrant: the session's
+    builder fixtures hold it while a test module takes it again (a second flock of the same file
+    from the same process would wait for itself)."""
+    global _held
+    if _held:
+        _held += 1
+        try:
+            yield
+        finally:
+            _held -= 1
+        return
     RUNDIR.mkdir(parents=True, exist_ok=True)
     with open(RUNDIR / "builders.lock", "a") as f:
         deadline = time.monotonic() + timeout
@@ -85,9 +98,11 @@ def exclusive(timeout: float = 3600) -> Iterator[None]:
                         f"another test session held {f.name} for {timeout:.0f}s"
                     ) from None
                 time.sleep(1)
+        _held = 1
         try:
             yield
         finally:
+            _held = 0
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
