@@ -49,4 +49,5 @@ from support.buildfix import (  # noqa: E402, F401
     hello_deb,
     loaded,
     podman,
+    podman_chroot,
 )

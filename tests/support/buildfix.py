@@ -2,12 +2,14 @@
 
 Builders, by the name the tests use: ``docker`` (dockerd 20.10's legacy builder), ``buildkit``
 (dockerd 26, ``docker buildx build``), ``buildah`` (1.28, chroot isolation), ``podman`` (4.3, oci
-isolation). Each is started on first use, once per test session, under the builders lock, and
-stopped (or its images pruned) at the end; each gets the arm64 base image loaded once.
+isolation) and ``podman-chroot`` (the same podman and store, chroot isolation). Each is started
+on first use, once per test session, under the builders lock, and stopped (or its images pruned)
+at the end; each gets the arm64 base image loaded once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -29,7 +31,7 @@ BUILDERS = ("docker", "buildkit", "buildah", "podman")
 class Kind:
     """One way of building: a builder and the patch mode it uses."""
 
-    builder: str  # one of BUILDERS
+    builder: str  # one of BUILDERS, or podman-chroot
     mode: str  # copy | mount
 
     @property
@@ -40,7 +42,8 @@ class Kind:
 # The legacy builder has no RUN --mount: copy mode only.
 KINDS = [Kind("docker", "copy"), Kind("buildkit", "copy"), Kind("buildkit", "mount"),
          Kind("buildah", "copy"), Kind("buildah", "mount"), Kind("podman", "copy"),
-         Kind("podman", "mount")]  # fmt: skip
+         Kind("podman", "mount"), Kind("podman-chroot", "copy"),
+         Kind("podman-chroot", "mount")]  # fmt: skip
 
 
 def kind_id(kind: Kind) -> str:
@@ -96,8 +99,13 @@ def podman(_builders_to_ourselves: None) -> Iterator[builders.Podman]:
     p.prune("xshim-test/")
 
 
+@pytest.fixture(scope="session")
+def podman_chroot(podman: builders.Podman) -> builders.Podman:
+    return dataclasses.replace(podman, isolation="chroot")
+
+
 def builder_of(request: pytest.FixtureRequest, name: str) -> Any:
-    return request.getfixturevalue("dockerd" if name == "docker" else name)
+    return request.getfixturevalue("dockerd" if name == "docker" else name.replace("-", "_"))
 
 
 def load_into(b: Any, archive: Path, tag: str) -> None:
@@ -125,9 +133,12 @@ def loaded(request: pytest.FixtureRequest, base_archive: Path) -> Callable[[str]
     done: dict[str, Any] = {}
 
     def load(name: str) -> Any:
+        if name == "podman-chroot":  # the same store: loading again would remove podman's images
+            load("podman")
         if name not in done:
             b = builder_of(request, name)
-            load_into(b, base_archive, BASE_TAG)
+            if name != "podman-chroot":
+                load_into(b, base_archive, BASE_TAG)
             cfg = b.config(BASE_TAG)
             assert (cfg["Os"], cfg["Architecture"]) == ("linux", "arm64")
             done[name] = b
@@ -187,4 +198,5 @@ def run_failed(kind: Kind, output: str, code: int) -> bool:
         "buildkit": f"did not complete successfully: exit code: {code}",
         "buildah": f"exit status {code}",
         "podman": f"exit status {code}",
+        "podman-chroot": f"exit status {code}",
     }[kind.builder] in output
