@@ -381,7 +381,7 @@ def test_squash_on_an_experimental_daemon_leaves_no_bundle_bytes(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """The legacy builder's way out: `--squash` merges the build's layers into one, in which the
-    bundle's COPY and its removal cancel out (dockerd --experimental, 20.10 and 26 alike)."""
+    bundle's COPY and its removal cancel out (here on dockerd 26 --experimental)."""
     text = (builders.EXAMPLE_DIR / "Dockerfile").read_text()
     ctx = make_context(tmp_path / "ctx", text, bundle, {"hello.deb": hello_deb})
     tag = "xshim-test/squashed:copy"
