@@ -2,7 +2,8 @@
 
 The example Dockerfile (examples/arm64-hello) is patched with ``xshim patch`` and built every way
 (support/buildfix.py KINDS): dockerd 20.10's legacy builder (copy mode), dockerd 26's BuildKit,
-buildah 1.28 with chroot isolation and podman 4.3 with oci isolation (copy and mount mode each).
+buildah 1.28 with chroot isolation, podman 4.3 with oci and with chroot isolation (copy and mount
+mode each).
 Each image is then checked against what the unpatched Dockerfile would have produced on a binfmt
 host (support/imagecheck.py): the platform, the base image's /bin/sh untouched, no bundle left,
 the config computed from the Dockerfile and the base config, and the Debian arm64 package

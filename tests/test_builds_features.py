@@ -3,8 +3,10 @@ mode costs in the final image.
 
 One multi-feature Dockerfile (heredocs, RUN --mount of every type, RUN --network=none, COPY
 --from between foreign stages, $TARGETPLATFORM/$TARGETARCH with an ARG before FROM, a custom
-SHELL, a non-root USER) is patched and built with dockerd 26's BuildKit in both modes; every
-feature leaves a file written by an arm64 program, checked one test per feature.
+SHELL, a non-root USER) is patched and built with dockerd 26's BuildKit in both modes, and with
+buildah and podman in both modes minus what they lack (shown on native builds without xshim);
+every feature leaves a file written by an arm64 program, checked one test per feature. apt-get
+with network runs on every builder and mode.
 """
 
 from __future__ import annotations

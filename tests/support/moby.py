@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -160,7 +161,7 @@ class Dockerd:
             terminate(pid)
         if self.proc is None:
             return
-        self.proc.send_signal(15)
+        self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
