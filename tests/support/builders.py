@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -28,9 +27,9 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from xshim.builder import image
 from xshim.shim import arch as archmod
 
 from . import foreign
@@ -201,20 +200,10 @@ def start_buildah() -> Buildah:
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "arm64-hello"
 
 
-def _load_example_helpers() -> ModuleType:
-    """examples/arm64-hello/prepare.py: the tests make base images exactly as the example does."""
-    path = EXAMPLE_DIR / "prepare.py"
-    spec = importlib.util.spec_from_file_location("xshim_example_prepare", path)
-    assert spec is not None and spec.loader is not None, path
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-example = _load_example_helpers()
-base_config = example.base_config
-write_image_archive = example.write_image_archive
-DEBIAN_PATH: str = example.DEBIAN_PATH
+# Made as the example makes its base image, by the same library code.
+base_config = image.base_config
+write_image_archive = image.write_image_archive
+DEBIAN_PATH: str = image.DEBIAN_PATH
 
 
 # --- foreign Debian trees ------------------------------------------------------------------------
