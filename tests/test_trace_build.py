@@ -8,7 +8,6 @@ status, and nothing of the trace may stay in an image.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,43 +53,8 @@ gzip -t "$archive.part" || { echo "verify-archive: $archive.part is corrupt" >&2
 }
 
 
-@pytest.fixture(scope="module")
-def _builders() -> Iterator[None]:
-    if os.geteuid() != 0:
-        pytest.skip("dockerd and buildah with chroot isolation need root")
-    with builders.exclusive():
-        yield
-
-
-@pytest.fixture(scope="module")
-def base_archive() -> Path:
-    return builders.base_archive(builders.finished_tree(), tag=BASE_TAG, platform=PLATFORM,
-                                 config=builders.base_config())
-
-
-@pytest.fixture(scope="module")
-def dockerd(_builders: None, base_archive: Path) -> Iterator[builders.Dockerd]:
-    try:
-        d = builders.start_dockerd()
-    except builders.BuilderUnavailable as e:
-        pytest.skip(f"dockerd cannot run here: {e}")
-    try:
-        d.load(base_archive)
-        yield d
-    finally:
-        d.prune("xshim-test/")
-        d.stop()
-
-
-@pytest.fixture(scope="module")
-def buildah(_builders: None, base_archive: Path) -> Iterator[builders.Buildah]:
-    try:
-        b = builders.start_buildah()
-    except builders.BuilderUnavailable as e:
-        pytest.skip(f"buildah cannot run here: {e}")
-    b.load(base_archive, BASE_TAG)
-    yield b
-    b.prune("xshim-test/")
+# The builders, with the base image loaded, are the session's (tests/support/buildfix.py, through
+# conftest.py): ``loaded("docker")``.
 
 
 def _xshim(*args: str, cwd: Path) -> builders.Result:
@@ -127,11 +91,11 @@ def test_failing_build_log_names_the_failing_script(
     args = {"XSHIM_TRACE": "log"}
     tag = f"xshim-test/trace:failing-{name}"
     if name == "docker":
-        r = request.getfixturevalue("dockerd").build(ctx, ctx / "Dockerfile.xshim", tag,
+        r = request.getfixturevalue("loaded")("docker").build(ctx, ctx / "Dockerfile.xshim", tag,
                                                      build_args=args)
         said = "returned a non-zero code: 3"
     else:
-        r = request.getfixturevalue("buildah").build(ctx, ctx / "Dockerfile.xshim", tag,
+        r = request.getfixturevalue("loaded")("buildah").build(ctx, ctx / "Dockerfile.xshim", tag,
                                                      platform=PLATFORM, build_args=args)
         said = "exit status 3"
     assert r.returncode != 0 and said in r.output, r.output[-3000:]
@@ -159,8 +123,9 @@ def test_failing_build_log_names_the_failing_script(
 
 
 def test_trace_leaves_nothing_in_the_image(
-    dockerd: builders.Dockerd, bundle: Path, tmp_path: Path
+    request: pytest.FixtureRequest, bundle: Path, tmp_path: Path
 ) -> None:
+    dockerd: builders.Dockerd = request.getfixturevalue("loaded")("docker")
     ctx = make_context(tmp_path / "ctx", bundle)
     (ctx / "Dockerfile").write_text(DOCKERFILE.replace("RUN /ci/build.sh\n", ""))
     _xshim("patch", "Dockerfile", "-o", "Dockerfile.xshim", "--bundle", ".xshim",
