@@ -39,7 +39,7 @@ def _add(
     return p
 
 
-# --- xshim run -----------------------------------------------------------------------------------
+# --- xshim run ------------------------------------------------------------------------------------
 
 RUN_EPILOG = """\
 examples:
@@ -96,7 +96,7 @@ def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("command", nargs="+", metavar="CMD", help="the command and its arguments")
 
 
-# --- xshim rootfs --------------------------------------------------------------------------------
+# --- xshim rootfs ---------------------------------------------------------------------------------
 
 ROOTFS_EPILOG = """\
 examples:
@@ -135,7 +135,7 @@ def _parse_rootfs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--second-stage", action="store_true", help="also run the second stage")
 
 
-# --- xshim patch ---------------------------------------------------------------------------------
+# --- xshim patch ----------------------------------------------------------------------------------
 
 PATCH_EPILOG = """\
 examples:
@@ -215,7 +215,7 @@ def _parse_patch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="findings as text lines or hadolint-style JSON records")
 
 
-# --- xshim bundle --------------------------------------------------------------------------------
+# --- xshim bundle ---------------------------------------------------------------------------------
 
 BUNDLE_EPILOG = """\
 examples:
@@ -263,7 +263,7 @@ def _parse_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="freeze the supervisor again even when it is cached")
 
 
-# --- xshim verify --------------------------------------------------------------------------------
+# --- xshim verify ---------------------------------------------------------------------------------
 
 VERIFY_EPILOG = """\
 examples:
@@ -368,6 +368,8 @@ def _parse_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                            help="how many to list (default: 10)")
 
 
+from .cli_build import _parse_build, _parse_index  # noqa: E402
+
 # --- registry ------------------------------------------------------------------------------------
 
 PARSERS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
@@ -377,6 +379,8 @@ PARSERS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], No
     _parse_bundle,
     _parse_verify,
     _parse_trace,
+    _parse_build,
+    _parse_index,
 ]
 
 

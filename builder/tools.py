@@ -16,6 +16,8 @@ PACKAGES = {
     "docker": "docker.io",
     "dockerd": "docker.io",
     "buildah": "buildah",
+    "podman": "podman",
+    "skopeo": "skopeo",
     "proot": "proot",
     "unshare": "util-linux",
     "mount": "mount",

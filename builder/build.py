@@ -1,0 +1,325 @@
+"""``xshim build``: the plan from a Dockerfile and a platform list to builder command lines.
+
+Pure: nothing here touches the disk or runs a program. ``parse_request`` checks the options as
+``docker buildx build`` users give them; ``plan_build`` decides, per platform, whether the host
+runs it natively (the user's Dockerfile as it is) or through the shim (the Dockerfile patched
+for that platform, with the bundle in a generated build context), and writes the builder's
+command line. builder/build_run.py carries the plan out; builder/oci_index.py assembles the
+per-platform images into one index.
+
+The user's files are never changed: the patched Dockerfiles, the bundle and a generated build
+context (the user's context plus the bundle, with the ``.dockerignore`` extended so that it lets
+the bundle through) live in a private temporary directory. Each builder reads a Dockerfile
+outside its context (``-f``), so this works the same with the legacy Docker builder, which has
+no named contexts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ..shim import arch as archmod
+from .dockerfile import TRACE_ARG, Mode, Options, patch
+from .errors import InputError
+
+BUILDERS = ("auto", "buildx", "docker", "buildah", "podman")
+PROGRESS = ("auto", "plain", "quiet")
+MODES = ("auto", "copy", "mount")
+# Where the bundle sits in the generated context; another name is chosen when the user's context
+# already has one of that name.
+BUNDLE_DIR = ".xshim"
+
+
+class Output(Enum):
+    NONE = "none"  # build only (buildx warns the same way)
+    REGISTRY = "registry"
+    OCI = "oci"
+    LOAD = "docker"
+
+
+@dataclass(frozen=True)
+class Platform:
+    """One target platform as the OCI image index spells it."""
+
+    arch: archmod.Arch
+    os: str
+    architecture: str
+    variant: str
+
+    @property
+    def name(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+    @property
+    def index_variant(self) -> str:
+        """The variant in the index entry: buildx writes v8 for arm64."""
+        if self.architecture == "arm64" and not self.variant:
+            return "v8"
+        return self.variant
+
+    def build_args(self) -> dict[str, str]:
+        """TARGET* as BuildKit defines them; the legacy builder does not, so they are passed."""
+        return {"TARGETPLATFORM": self.name, "TARGETOS": self.os,
+                "TARGETARCH": self.architecture, "TARGETVARIANT": self.variant}
+
+
+def parse_platform(text: str) -> Platform:
+    """``linux/arm/v7`` -> Platform; a bare architecture means linux; arm alone means arm/v7."""
+    try:
+        a = archmod.from_platform(text)
+    except archmod.UnknownPlatformError as e:
+        raise InputError(f"--platform: {e}",
+                         "use e.g. --platform linux/amd64,linux/arm64,linux/arm/v7") from None
+    parts = text.strip().lower().split("/")
+    if len(parts) == 1:
+        parts = a.platform.split("/")
+    os_, architecture = parts[0], parts[1]
+    variant = parts[2] if len(parts) > 2 else ""
+    if architecture == "arm" and not variant:
+        variant = "v7"
+    if architecture == "arm64" and variant == "v8":
+        variant = ""  # the same platform; the index entry gets v8 back (index_variant)
+    return Platform(a, os_, architecture, variant)
+
+
+def parse_platforms(values: Sequence[str], host: archmod.Arch) -> list[Platform]:
+    out: list[Platform] = []
+    for value in values:
+        for item in value.split(","):
+            if item.strip():
+                p = parse_platform(item)
+                if p.name in (q.name for q in out):
+                    raise InputError(f"--platform: {p.name} is given twice",
+                                     "list each platform once")
+                out.append(p)
+    return out or [parse_platform(host.platform)]
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    kind: Output
+    dest: str | None = None  # the OCI archive
+    push_by_digest: bool = False
+
+
+def parse_output(value: str) -> OutputSpec:
+    """One ``-o`` value in buildx's CSV form: ``type=registry``, ``type=oci,dest=app.tar``..."""
+    fields: dict[str, str] = {}
+    for item in value.split(","):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise InputError(f"-o {value!r}: {item!r} is not key=value",
+                             "use e.g. -o type=oci,dest=app.tar or -o type=registry")
+        fields[key.strip().lower()] = val.strip()
+    kind = fields.pop("type", "")
+    by_digest = fields.pop("push-by-digest", "false").lower() == "true"
+    fields.pop("name-canonical", None)
+    push = fields.pop("push", "")
+    dest = fields.pop("dest", None)
+    if fields:
+        raise InputError(f"-o {value!r}: unsupported attribute(s) {', '.join(sorted(fields))}",
+                         "xshim build knows type, dest, push and push-by-digest")
+    if kind == "registry" or (kind == "image" and push.lower() == "true"):
+        return OutputSpec(Output.REGISTRY, push_by_digest=by_digest)
+    if kind == "oci":
+        if not dest or dest == "-":
+            raise InputError(f"-o {value!r}: type=oci needs dest=FILE",
+                             "use e.g. -o type=oci,dest=app.tar")
+        return OutputSpec(Output.OCI, dest=dest)
+    if kind in ("docker", "image"):
+        return OutputSpec(Output.LOAD)
+    raise InputError(f"-o {value!r}: unsupported type {kind!r}",
+                     "use type=registry, type=oci,dest=FILE or type=docker")
+
+
+@dataclass(frozen=True)
+class Secret:
+    id: str
+    src: str
+
+
+def parse_secret(value: str) -> Secret:
+    fields = dict(item.partition("=")[::2] for item in value.split(","))
+    sid = fields.get("id", "")
+    src = fields.get("src") or fields.get("source") or ""
+    if not sid or not src or fields.get("type", "file") != "file":
+        raise InputError(f"--secret {value!r}: need id=ID,src=FILE",
+                         "use e.g. --secret id=npmrc,src=$HOME/.npmrc")
+    return Secret(sid, src)
+
+
+def parse_build_args(values: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """``K=V``, or ``K`` alone to take K from the environment (docker's rule: unset means skip)."""
+    out: dict[str, str] = {}
+    for value in values:
+        key, eq, val = value.partition("=")
+        if not key:
+            raise InputError(f"--build-arg {value!r}: no name", "use --build-arg NAME=VALUE")
+        if eq:
+            out[key] = val
+        elif key in environ:
+            out[key] = environ[key]
+    return out
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """The command line, checked. Paths are as given; build_run resolves them."""
+
+    context: str
+    dockerfile: str
+    platforms: tuple[Platform, ...]
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    secrets: tuple[Secret, ...] = ()
+    no_cache: bool = False
+    pull: bool | None = None  # True: always; False: never; None: the builder's default
+    network: str | None = None
+    output: OutputSpec = OutputSpec(Output.NONE)
+    metadata_file: str | None = None
+    iidfile: str | None = None
+    progress: str = "auto"
+    builder: str = "auto"
+    mode: str = "auto"
+    trace: str | None = None
+
+
+def check_request(req: BuildRequest) -> None:
+    """Reject combinations that cannot work, before anything is built."""
+    out = req.output
+    if out.kind is Output.LOAD and len(req.platforms) > 1:
+        raise InputError(
+            f"--load takes one platform, not {len(req.platforms)} "
+            f"({', '.join(p.name for p in req.platforms)}): a local image store holds one "
+            "image per tag", "use --push or -o type=oci,dest=FILE for several platforms")
+    if out.kind is Output.REGISTRY and not req.tags:
+        raise InputError("--push needs a name to push to", "add -t REGISTRY/REPOSITORY:TAG")
+    if out.push_by_digest and len(req.tags) != 1:
+        raise InputError("--push-by-digest needs exactly one -t naming the repository",
+                         "use e.g. -t registry.example/app --push-by-digest")
+    if req.progress not in PROGRESS:
+        raise InputError(f"--progress {req.progress!r}", "use auto, plain or quiet")
+    for tag in req.tags:
+        if not tag or any(c.isspace() for c in tag) or tag != tag.strip():
+            raise InputError(f"-t {tag!r}: not an image name", "use e.g. -t registry/app:1")
+
+
+# --- the plan -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlatformPlan:
+    platform: Platform
+    native: bool  # the user's Dockerfile unchanged: no stage needs the shim
+    dockerfile_text: str  # what the builder reads (patched for foreign stages)
+    emulated: tuple[archmod.Arch, ...]  # the stages' foreign architectures, for the bundle
+    argv: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where build_run puts things; the plan writes these paths into the command lines.
+
+    Each map goes from the platform name to that platform's path or name.
+    """
+
+    context: dict[str, str]  # the build context the builder reads
+    dockerfile: dict[str, str]  # the Dockerfile the builder reads
+    iidfile: dict[str, str]  # where the builder writes the image id
+    image_name: dict[str, str]  # a private name for the per-platform image
+
+
+def resolve_mode(mode: str, builder: str) -> Mode:
+    if mode == "copy" or (mode == "auto" and builder == "docker"):
+        return Mode.COPY
+    if mode == "mount" and builder == "docker":
+        raise InputError("--mode mount needs RUN --mount, which the legacy Docker builder lacks",
+                         "use --mode copy (or auto) with --builder docker")
+    return Mode.MOUNT
+
+
+def plan_platform(text: str, platform: Platform, mode: Mode, bundle: str, host: archmod.Arch,
+                  filename: str) -> PlatformPlan:
+    """Native (the text unchanged) or through the shim (patched for this target platform)."""
+    result = patch(text, Options(platform=platform.name, mode=mode, bundle=bundle, host=host),
+                   filename=filename)
+    emulated: list[archmod.Arch] = []
+    for stage in result.stages_to_patch:
+        a = archmod.from_platform(stage.platform or platform.name)
+        if a not in emulated:
+            emulated.append(a)
+    if not result.changed:
+        return PlatformPlan(platform, True, text, ())
+    return PlatformPlan(platform, False, result.text, tuple(emulated))
+
+
+def builder_argv(builder: str, req: BuildRequest, p: PlatformPlan, layout: Layout,
+                 program: str) -> tuple[list[str], dict[str, str]]:
+    """One platform's build: (argv, extra environment)."""
+    name = p.platform.name
+    # buildah, podman and BuildKit set TARGET* themselves (and warn about unused build args).
+    args = {**(p.platform.build_args() if builder == "docker" else {}), **req.build_args}
+    if not p.native:
+        # Declared by every patched stage; set (empty: no trace) so builders do not warn.
+        args.setdefault(TRACE_ARG, "1" if req.trace else "")
+    argv: list[str]
+    env: dict[str, str] = {}
+    if builder == "docker":
+        if req.secrets:
+            raise InputError("--secret needs BuildKit; the legacy Docker builder has none",
+                             "use --builder buildah or podman")
+        argv = [program, "build", "--platform", name, "-f", layout.dockerfile[name],
+                "--iidfile", layout.iidfile[name], "-t", layout.image_name[name], "--force-rm"]
+        if req.pull is True:
+            argv.append("--pull")
+        env["DOCKER_BUILDKIT"] = "0"
+    elif builder in ("buildah", "podman"):
+        argv = [program, "build", "--platform", name, "-f", layout.dockerfile[name],
+                "--iidfile", layout.iidfile[name], "-t", layout.image_name[name]]
+        if req.pull is True:
+            argv.append("--pull-always")
+        elif req.pull is False:
+            argv.append("--pull-never")
+        for s in req.secrets:
+            argv += ["--secret", f"id={s.id},src={s.src}"]
+    else:
+        raise InputError(f"--builder {builder}: not supported by xshim build yet",
+                         "use --builder docker, buildah or podman")
+    for key in sorted(args):
+        argv += ["--build-arg", f"{key}={args[key]}"]
+    if req.target:
+        argv += ["--target", req.target]
+    if req.no_cache:
+        argv.append("--no-cache")
+    if req.network:
+        argv += ["--network", req.network]
+    argv.append(layout.context[name])
+    return argv, env
+
+
+def plan_platforms(req: BuildRequest, mode: Mode, text: str, host: archmod.Arch,
+                   bundle: str) -> list[PlatformPlan]:
+    return [plan_platform(text, p, mode, bundle, host, req.dockerfile) for p in req.platforms]
+
+
+def with_commands(plans: Sequence[PlatformPlan], builder: str, req: BuildRequest,
+                  layout: Layout, program: str) -> list[PlatformPlan]:
+    out = []
+    for p in plans:
+        argv, env = builder_argv(builder, req, p, layout, program)
+        out.append(PlatformPlan(p.platform, p.native, p.dockerfile_text, p.emulated,
+                                tuple(argv), env))
+    return out
+
+
+def emulated_arches(plans: Sequence[PlatformPlan]) -> list[archmod.Arch]:
+    out: list[archmod.Arch] = []
+    for p in plans:
+        for a in p.emulated:
+            if a not in out:
+                out.append(a)
+    return out
