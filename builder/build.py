@@ -30,6 +30,8 @@ MODES = ("auto", "copy", "mount")
 # Where the bundle sits in the generated context; another name is chosen when the user's context
 # already has one of that name.
 BUNDLE_DIR = ".xshim"
+# Where a traced step's shim writes its records: the step's own output.
+TRACE_TO = "/dev/stderr"
 
 
 class Output(Enum):
@@ -265,7 +267,9 @@ def builder_argv(builder: str, req: BuildRequest, p: PlatformPlan, layout: Layou
     args = {**(p.platform.build_args() if builder == "docker" else {}), **req.build_args}
     if not p.native:
         # Declared by every patched stage; set (empty: no trace) so builders do not warn.
-        args.setdefault(TRACE_ARG, "1" if req.trace else "")
+        # With --trace the shim writes JSON lines into the step's output, where build_run
+        # picks them out: nothing of the trace is written inside the image.
+        args.setdefault(TRACE_ARG, TRACE_TO if req.trace else "")
     argv: list[str]
     env: dict[str, str] = {}
     if builder == "docker":

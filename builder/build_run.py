@@ -40,7 +40,8 @@ from .fsutil import write_atomic
 log = logging.getLogger("xshim")
 
 # The builder's step headers and its report of a failed RUN, to name them in our error.
-_STEP = re.compile(r"^(?:Step \d+/\d+ : |STEP \d+/\d+: )(.*)$")
+_STEP = re.compile(r"^(?:\[\d+/\d+\] )?(?:Step \d+/\d+ : |STEP \d+/\d+: )(.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STATUS = re.compile(r"(?:returned a non-zero code|exit status|exit code:?)\s*(\d+)")
 
 
@@ -54,13 +55,10 @@ def detect_builder(choice: str) -> tuple[str, str]:
         raise InputError("--builder buildx: not supported by xshim build yet",
                          "use --builder docker, buildah or podman")
     if choice != "auto":
-        program = {"docker": "docker", "buildah": "buildah", "podman": "podman"}[choice]
-        return choice, os.environ.get("XSHIM_DOCKER", "docker") if choice == "docker" else program
-    for name in ("buildah", "podman"):
+        return choice, choice
+    for name in ("buildah", "podman", "docker"):
         if shutil.which(name):
             return name, name
-    if shutil.which(os.environ.get("XSHIM_DOCKER", "docker")):
-        return "docker", os.environ.get("XSHIM_DOCKER", "docker")
     raise MissingToolError("buildah", "buildah", "xshim build needs an image builder")
 
 
@@ -101,6 +99,7 @@ class Outcome:
     returncode: int = -1
     step: str = ""
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=12))
+    trace: list[dict[str, object]] = field(default_factory=list)
 
 
 class Runner:
@@ -125,6 +124,10 @@ class Runner:
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
+            record = _trace_record(line)
+            if record is not None:
+                out.trace.append({"platform": out.platform, "step": out.step, **record})
+                continue
             m = _STEP.match(line)
             if m:
                 out.step = m.group(1).strip()
@@ -151,6 +154,18 @@ class Runner:
         workers = max(1, min(len(plans), os.cpu_count() or 1))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(self.run_one, plans))
+
+
+def _trace_record(line: str) -> dict[str, object] | None:
+    """A shim trace record (JSON) in a step's output, or None for any other line."""
+    text = _ANSI.sub("", line).strip()
+    if not text.startswith('{"event":'):
+        return None
+    try:
+        rec = json.loads(text)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def failure_message(outcomes: Sequence[Outcome]) -> str | None:
@@ -259,6 +274,11 @@ def _build_in(req: plan.BuildRequest, builder: str, program: str,
                  f"through the shim ({', '.join(a.platform for a in p.emulated)})")
         log.debug("%s: %s", p.platform.name, " ".join(p.argv))
     outcomes = Runner(req.progress, stream).run_all(plans)
+    if req.trace:
+        records = [r for o in outcomes for r in o.trace]
+        write_atomic(req.trace, "".join(json.dumps(r, separators=(",", ":")) + "\n"
+                                        for r in records).encode())
+        log.info("trace: %d records in %s", len(records), req.trace)
     built = [layout.image_name[p.platform.name] for p, o in zip(plans, outcomes, strict=True)
              if o.returncode == 0]
     try:

@@ -1,0 +1,353 @@
+"""``xshim build`` end to end: three platforms, real builders, a real registry, no binfmt_misc.
+
+One multi-stage Dockerfile (Debian packages installed with dpkg, a C program compiled with tcc in
+a build stage, a non-root USER) over local amd64, arm64 and armhf Debian base images (made from
+debootstrap trees, never pulled), built by each builder tests/support/builders.py provides, and
+pushed to Debian's docker-registry on 127.0.0.1. The build context's .dockerignore lets through
+only the packages, so every build here is also the allowlist case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import builders, foreign, multiarch
+from xshim.shim import arch as archmod
+
+pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.slow, pytest.mark.integration]
+
+ALL = "linux/amd64,linux/arm64,linux/arm/v7"
+# TARGETARCH -> the base image's tag and the Debian architecture of its packages.
+TAGS = {"amd64": "amd64", "arm64": "arm64", "arm": "armhf"}
+ELF = {"linux/amd64": "x86_64", "linux/arm64": "aarch64", "linux/arm/v7": "armhf"}
+DEBIAN = {"linux/amd64": "amd64", "linux/arm64": "arm64", "linux/arm/v7": "armhf"}
+PACKAGES = ("hello", "tcc", "libc6-dev", "linux-libc-dev")
+
+DOCKERFILE = """\
+ARG TARGETARCH
+FROM xshim-test/debian:${TARGETARCH} AS build
+COPY debs/ /tmp/debs/
+# tcc with only the C library's headers and objects: enough for this program (no apt network).
+RUN a=$(dpkg --print-architecture) \\
+ && dpkg -i --force-depends /tmp/debs/tcc_$a.deb /tmp/debs/libc6-dev_$a.deb \\
+      /tmp/debs/linux-libc-dev_$a.deb \\
+ && printf '#include <stdio.h>\\nint main(void){puts("built by tcc");return 0;}\\n' >/tmp/p.c \\
+ && tcc -o /usr/local/bin/built /tmp/p.c && /usr/local/bin/built
+
+FROM xshim-test/debian:${TARGETARCH}
+COPY debs/ /tmp/debs/
+RUN dpkg -i /tmp/debs/hello_$(dpkg --print-architecture).deb && rm -rf /tmp/debs && hello
+COPY --from=build /usr/local/bin/built /usr/local/bin/built
+RUN useradd --create-home --uid 1000 app
+USER app
+ENTRYPOINT ["/usr/bin/hello"]
+"""
+# Everything but the packages is excluded: the bundle must reach the build all the same.
+DOCKERIGNORE = "*\n!debs\n"
+
+BUILDERS = ["buildah", "docker"]
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_binfmt_after() -> Iterator[None]:
+    yield
+    builders.assert_no_binfmt(("linux/arm64", "linux/arm/v7"))
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[multiarch.Registry]:
+    with multiarch.registry() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def bases() -> dict[str, Path]:
+    """TARGETARCH -> the base image archive tagged xshim-test/debian:TARGETARCH."""
+    return {t: multiarch.base_archive(d, f"xshim-test/debian:{t}") for t, d in TAGS.items()}
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    archive = foreign.archive_or_skip(foreign.SUITE)
+    ctx = tmp_path_factory.mktemp("ctx")
+    (ctx / "debs").mkdir()
+    for d in DEBIAN.values():
+        for pkg in PACKAGES:
+            _, deb = archive.fetch_package(pkg, d)
+            shutil.copyfile(deb, ctx / "debs" / f"{pkg}_{d}.deb")
+    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    (ctx / ".dockerignore").write_text(DOCKERIGNORE)
+    return ctx
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def _builders_to_ourselves() -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.skip("dockerd and buildah with chroot isolation need root")
+    with builders.exclusive():
+        yield
+
+
+@dataclass
+class Env:
+    """How ``xshim build`` reaches one builder: its environment, and the builder's own handle."""
+
+    name: str
+    env: dict[str, str]
+    builder: Any
+
+
+@pytest.fixture(scope="module")
+def env(request: pytest.FixtureRequest, _builders_to_ourselves: None, bases: dict[str, Path],
+        registry: multiarch.Registry, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``env(name)``: the builder started, the three bases loaded, its environment for xshim."""
+    done: dict[str, Env] = {}
+    stop: list[Any] = []
+
+    def get(name: str) -> Env:
+        if name in done:
+            return done[name]
+        base = {**os.environ, **registry.env()}
+        if name == "docker":
+            try:
+                d = builders.start_dockerd()
+            except builders.BuilderUnavailable as e:
+                pytest.skip(f"dockerd cannot run here: {e}")
+            stop.append(d)
+            for archive in bases.values():
+                d.load(archive)
+            # Debian's client, which speaks the daemon's API, first on PATH.
+            bindir = tmp_path_factory.mktemp("bin")
+            (bindir / "docker").symlink_to(builders.DOCKER)
+            e = Env(name, {**d.env(**registry.env()),
+                           "PATH": f"{bindir}:{os.environ['PATH']}"}, d)
+        else:
+            try:
+                b = builders.start_buildah()
+            except builders.BuilderUnavailable as e:
+                pytest.skip(f"buildah cannot run here: {e}")
+            for t, archive in bases.items():
+                b.load(archive, f"xshim-test/debian:{t}")
+            conf = tmp_path_factory.mktemp("storage") / "storage.conf"
+            conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{b.root}"\n'
+                            f'runroot = "{b.runroot}"\n')
+            e = Env(name, {**base, "CONTAINERS_STORAGE_CONF": str(conf),
+                           "BUILDAH_ISOLATION": "chroot"}, b)
+        done[name] = e
+        return e
+
+    yield get
+    for d in stop:
+        d.prune("xshim-test/")
+        d.stop()
+
+
+def xshim(e: Env, *args: str, cwd: Path | None = None) -> builders.Result:
+    return builders.run(["xshim", *args], env=e.env, cwd=cwd, timeout=1200)
+
+
+# --- reading images out of the registry ----------------------------------------------------------
+
+
+def skopeo(e: Env, *args: str) -> str:
+    conf = e.env["CONTAINERS_REGISTRIES_CONF"]
+    return builders.run(["skopeo", "--registries-conf", conf, *args], env=e.env).check().output
+
+
+@dataclass
+class Image:
+    config: dict[str, Any]
+    names: set[str]  # every path in every layer
+    files: dict[str, bytes]  # the wanted files' contents (last layer wins), symlinks as "-> T"
+
+
+WANTED = ("bin/sh", "usr/bin/dash", "usr/bin/hello", "usr/local/bin/built")
+
+
+def read_image(e: Env, ref: str, tmp: Path) -> Image:
+    """The config, the layers' path names and a few files of the image at ``ref``."""
+    out = tmp / "img"
+    shutil.rmtree(out, ignore_errors=True)
+    conf = e.env["CONTAINERS_REGISTRIES_CONF"]
+    builders.run(["skopeo", "--registries-conf", conf, "copy", "--quiet", ref, f"dir:{out}"],
+                 env=e.env).check()
+    manifest = json.loads((out / "manifest.json").read_text())
+    config = json.loads((out / manifest["config"]["digest"].split(":")[1]).read_text())
+    names: set[str] = set()
+    files: dict[str, bytes] = {}
+    for layer in manifest["layers"]:
+        with tarfile.open(out / layer["digest"].split(":")[1]) as tf:
+            for m in tf:
+                name = m.name.removeprefix("./").rstrip("/")
+                names.add(name)
+                if name in WANTED:
+                    if m.issym():
+                        files[name] = f"-> {m.linkname}".encode()
+                    elif m.isfile():
+                        f = tf.extractfile(m)
+                        assert f is not None
+                        files[name] = f.read()
+    shutil.rmtree(out, ignore_errors=True)
+    return Image(config, names, files)
+
+
+def elf_arch(data: bytes) -> str | None:
+    try:
+        a = archmod.arch_of(archmod.parse_ident(data[:64]))
+    except archmod.NotElfError:
+        return None
+    return a.name if a else None
+
+
+def check_image(img: Image, platform: str) -> None:
+    os_, arch, *variant = platform.split("/")
+    assert img.config["os"] == os_ and img.config["architecture"] == arch, img.config
+    assert img.config.get("variant", "") == (variant[0] if variant else ""), img.config
+    assert img.config["config"].get("User") == "app"
+    assert not {n for n in img.names if n == ".xshim" or n.startswith(".xshim/")}, \
+        f"{platform}: the bundle is in a layer"
+    for prog in ("usr/bin/hello", "usr/local/bin/built"):
+        assert elf_arch(img.files[prog]) == ELF[platform], f"{platform}: /{prog}"
+    base = multiarch.tree(DEBIAN[platform])
+    assert img.files["bin/sh"] == f"-> {os.readlink(base / 'bin/sh')}".encode()
+    assert img.files["usr/bin/dash"] == (base / "usr/bin/dash").read_bytes(), \
+        f"{platform}: /bin/sh differs from the base image's"
+
+
+# --- the tests ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_build_push_three_platforms(env: Any, name: str, context: Path,
+                                    registry: multiarch.Registry, tmp_path: Path) -> None:
+    e = env(name)
+    before = _snapshot(context)
+    tag = f"{registry.host}/xs/app-{name}:1"
+    meta = tmp_path / "meta.json"
+    r = xshim(e, "build", "--builder", name, "--platform", ALL, "-t", tag, "--push",
+              "--metadata-file", str(meta), str(context))
+    r.check()
+    assert _snapshot(context) == before, "the build changed the user's context"
+    # Each platform's output is prefixed, and the foreign ones ran their steps through qemu.
+    assert "[linux/arm/v7] built by tcc" in r.output.splitlines(), r.output[-3000:]
+    assert "[linux/arm64] Hello, world!" in r.output.splitlines()
+
+    index = json.loads(skopeo(e, "inspect", "--raw", f"docker://{tag}"))
+    got = sorted((m["platform"]["os"], m["platform"]["architecture"],
+                  m["platform"].get("variant", "")) for m in index["manifests"])
+    assert got == [("linux", "amd64", ""), ("linux", "arm", "v7"), ("linux", "arm64", "v8")]
+    data = json.loads(meta.read_text())
+    digest = "sha256:" + hashlib.sha256(
+        skopeo(e, "inspect", "--raw", f"docker://{tag}").encode()).hexdigest()
+    assert data["containerimage.digest"] == digest
+    by_platform = {p: v["digest"] for p, v in data["xshim.platforms"].items()}
+    assert set(by_platform) == {"linux/amd64", "linux/arm64", "linux/arm/v7"}
+    for m in index["manifests"]:
+        p = m["platform"]
+        name_ = "/".join(x for x in (p["os"], p["architecture"],
+                                     "" if p["architecture"] == "arm64" else p.get("variant"))
+                         if x)
+        assert by_platform[name_] == m["digest"]
+        check_image(read_image(e, f"docker://{tag.rsplit(':', 1)[0]}@{m['digest']}", tmp_path),
+                    name_)
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_build_oci_archive(env: Any, name: str, context: Path, tmp_path: Path) -> None:
+    e = env(name)
+    out = tmp_path / "app.tar"
+    xshim(e, "build", "--builder", name, "--platform", "linux/arm64,linux/arm/v7",
+          "-o", f"type=oci,dest={out}", "--progress", "quiet", str(context)).check()
+    index = json.loads(skopeo(e, "inspect", "--raw", f"oci-archive:{out}"))
+    assert [m["platform"]["architecture"] for m in index["manifests"]] == ["arm64", "arm"]
+    info = json.loads(skopeo(e, "inspect", f"oci-archive:{out}"))
+    assert info["Os"] == "linux"
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_load_one_foreign_platform_and_run_it(env: Any, name: str, context: Path,
+                                              tmp_path: Path) -> None:
+    e = env(name)
+    tag = f"xshim-test/loaded:{name}"
+    xshim(e, "build", "--builder", name, "--platform", "linux/arm/v7", "--load", "-t", tag,
+          "--progress", "quiet", str(context)).check()
+    bundle = tmp_path / "bundle"
+    xshim(e, "bundle", "--platform", "linux/arm/v7", "-o", str(bundle)).check()
+    if name == "docker":
+        r = e.builder.docker("run", "--rm", "--network", "none", "-v", f"{bundle}:/.xshim:ro",
+                             "--entrypoint", "/.xshim/bin/xshim-exec", tag,
+                             "/usr/local/bin/built")
+    else:
+        ctr = e.builder.buildah("from", "--pull-never", tag).check().output.split()[-1]
+        try:
+            r = e.builder.buildah("run", "--isolation", "chroot", "-v", f"{bundle}:/.xshim:ro",
+                                  ctr, "/.xshim/bin/xshim-exec", "/usr/local/bin/built")
+        finally:
+            e.builder.buildah("rm", ctr)
+    assert r.check().output.splitlines()[-1] == "built by tcc"
+
+
+FAILING = """\
+ARG TARGETARCH
+FROM xshim-test/debian:${TARGETARCH}
+RUN true
+RUN if [ "$(dpkg --print-architecture)" = arm64 ]; then exit 7; fi
+"""
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_failing_run_names_the_platform_and_status(env: Any, name: str, tmp_path: Path) -> None:
+    e = env(name)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(FAILING)
+    r = xshim(e, "build", "--builder", name, "--platform", "linux/amd64,linux/arm64",
+              "-o", f"type=oci,dest={tmp_path / 'x.tar'}", str(ctx))
+    assert r.returncode == 1, r.output[-3000:]
+    error = r.output[r.output.index("xshim: error:"):]
+    assert error.startswith("xshim: error: linux/arm64: step 'RUN ")
+    assert "exited with status 7" in error.splitlines()[0]
+    assert "linux/amd64:" not in error
+    assert not (tmp_path / "x.tar").exists()
+
+
+def test_push_by_digest_then_index_create(env: Any, context: Path,
+                                          registry: multiarch.Registry, tmp_path: Path) -> None:
+    """The CI matrix: one invocation per platform, then one index of both."""
+    e = env("docker")  # its layer cache makes these rebuilds quick
+    repo = f"{registry.host}/xs/matrix"
+    digests: dict[str, str] = {}
+    for platform in ("linux/amd64", "linux/arm/v7"):
+        meta = tmp_path / f"{platform.replace('/', '-')}.json"
+        r = xshim(e, "build", "--builder", "docker", "--platform", platform, "-t", repo,
+                  "--push-by-digest", "--metadata-file", str(meta), "--progress", "quiet",
+                  str(context))
+        r.check()
+        digests[platform] = json.loads(meta.read_text())["containerimage.digest"]
+        assert r.output.strip().splitlines()[-1] == digests[platform]
+    r = xshim(e, "index", "create", "-t", f"{repo}:1", *digests.values())
+    r.check()
+    index = json.loads(skopeo(e, "inspect", "--raw", f"docker://{repo}:1"))
+    assert {(m["platform"]["architecture"], m["platform"].get("variant", "")): m["digest"]
+            for m in index["manifests"]} == {("amd64", ""): digests["linux/amd64"],
+                                             ("arm", "v7"): digests["linux/arm/v7"]}
+    cfg = json.loads(skopeo(e, "inspect", "--config", "--raw",
+                            f"docker://{repo}@{digests['linux/arm/v7']}"))
+    assert (cfg["architecture"], cfg.get("variant")) == ("arm", "v7")

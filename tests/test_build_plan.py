@@ -1,0 +1,148 @@
+"""The pure core of ``xshim build``: options, per-platform plans, command lines, index reading."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+from xshim.builder import build as plan
+from xshim.builder import build_run, oci_index
+from xshim.builder.cli import main
+from xshim.builder.errors import InputError
+from xshim.shim import arch as archmod
+
+HOST = archmod.from_platform("linux/amd64")
+TEXT = "FROM debian:bookworm\nRUN echo hi\n"
+
+
+def test_platforms_as_the_index_spells_them() -> None:
+    got = plan.parse_platforms(["linux/amd64,linux/arm64", "linux/arm/v7"], HOST)
+    assert [(p.os, p.architecture, p.variant, p.index_variant) for p in got] == [
+        ("linux", "amd64", "", ""), ("linux", "arm64", "", "v8"), ("linux", "arm", "v7", "v7")]
+    assert plan.parse_platform("arm").name == "linux/arm/v7"
+    assert plan.parse_platform("linux/arm64/v8").name == "linux/arm64"
+    assert [p.name for p in plan.parse_platforms([], HOST)] == ["linux/amd64"]
+
+
+def test_bad_platforms_are_input_errors() -> None:
+    with pytest.raises(InputError, match="unknown platform 'linux/vax'"):
+        plan.parse_platforms(["linux/amd64,linux/vax"], HOST)
+    with pytest.raises(InputError, match="given twice"):
+        plan.parse_platforms(["linux/arm64,linux/arm64/v8"], HOST)
+
+
+def test_outputs_in_buildx_form() -> None:
+    assert plan.parse_output("type=registry") == plan.OutputSpec(plan.Output.REGISTRY)
+    assert plan.parse_output("type=image,push=true,push-by-digest=true,name-canonical=true") \
+        == plan.OutputSpec(plan.Output.REGISTRY, push_by_digest=True)
+    assert plan.parse_output("type=oci,dest=app.tar") == plan.OutputSpec(plan.Output.OCI,
+                                                                         "app.tar")
+    assert plan.parse_output("type=docker").kind is plan.Output.LOAD
+    for bad in ("type=oci", "type=tar,dest=x", "oci", "type=oci,dest=x,compression=zstd"):
+        with pytest.raises(InputError):
+            plan.parse_output(bad)
+
+
+def _req(**kw: object) -> plan.BuildRequest:
+    base: dict[str, object] = {"context": ".", "dockerfile": "Dockerfile",
+                               "platforms": tuple(plan.parse_platforms(["linux/amd64"], HOST))}
+    base.update(kw)
+    return plan.BuildRequest(**base)  # type: ignore[arg-type]
+
+
+def test_impossible_combinations_are_refused() -> None:
+    two = tuple(plan.parse_platforms(["linux/amd64,linux/arm64"], HOST))
+    with pytest.raises(InputError, match="--load takes one platform"):
+        plan.check_request(_req(platforms=two, output=plan.OutputSpec(plan.Output.LOAD)))
+    with pytest.raises(InputError, match="--push needs a name"):
+        plan.check_request(_req(output=plan.OutputSpec(plan.Output.REGISTRY)))
+    with pytest.raises(InputError, match="exactly one -t"):
+        plan.check_request(_req(tags=("r/a", "r/b"), output=plan.OutputSpec(
+            plan.Output.REGISTRY, push_by_digest=True)))
+    with pytest.raises(InputError, match="legacy Docker builder lacks"):
+        plan.resolve_mode("mount", "docker")
+    assert plan.resolve_mode("auto", "docker") is plan.Mode.COPY
+    assert plan.resolve_mode("auto", "buildah") is plan.Mode.MOUNT
+
+
+def test_native_platform_keeps_the_dockerfile_foreign_ones_are_patched() -> None:
+    plans = plan.plan_platforms(
+        _req(platforms=tuple(plan.parse_platforms(["linux/amd64,linux/arm/v7"], HOST))),
+        plan.Mode.COPY, TEXT, HOST, ".xshim")
+    native, armhf = plans
+    assert native.native and native.dockerfile_text == TEXT and native.emulated == ()
+    assert not armhf.native and [a.name for a in armhf.emulated] == ["armhf"]
+    assert "COPY .xshim /.xshim" in armhf.dockerfile_text
+    assert plan.emulated_arches(plans) == [archmod.by_name("armhf")]
+
+
+def test_a_constant_foreign_stage_is_patched_in_the_native_build() -> None:
+    text = "FROM --platform=linux/arm64 debian AS b\nRUN true\nFROM debian\nCOPY --from=b / /\n"
+    (p,) = plan.plan_platforms(_req(), plan.Mode.MOUNT, text, HOST, ".xshim-1")
+    assert not p.native and [a.name for a in p.emulated] == ["aarch64"]
+    assert "source=.xshim-1,target=/.xshim" in p.dockerfile_text
+
+
+def _layout(plans: list[plan.PlatformPlan]) -> plan.Layout:
+    names = [p.platform.name for p in plans]
+    return plan.Layout(context={n: "/w/ctx" for n in names},
+                       dockerfile={n: f"/w/Dockerfile.{n}" for n in names},
+                       iidfile={n: f"/w/iid.{n}" for n in names},
+                       image_name={n: f"localhost/x:{n.replace('/', '-')}" for n in names})
+
+
+def test_command_lines() -> None:
+    req = _req(platforms=tuple(plan.parse_platforms(["linux/arm64"], HOST)),
+               build_args={"A": "1"}, target="final", no_cache=True, pull=False,
+               network="none")
+    plans = plan.plan_platforms(req, plan.Mode.COPY, TEXT, HOST, ".xshim")
+    (d,) = plan.with_commands(plans, "docker", req, _layout(plans), "/usr/bin/docker")
+    assert d.env == {"DOCKER_BUILDKIT": "0"}
+    assert list(d.argv) == [
+        "/usr/bin/docker", "build", "--platform", "linux/arm64", "-f", "/w/Dockerfile.linux/arm64",
+        "--iidfile", "/w/iid.linux/arm64", "-t", "localhost/x:linux-arm64", "--force-rm",
+        "--build-arg", "A=1", "--build-arg", "TARGETARCH=arm64", "--build-arg", "TARGETOS=linux",
+        "--build-arg", "TARGETPLATFORM=linux/arm64", "--build-arg", "TARGETVARIANT=",
+        "--build-arg", "XSHIM_TRACE=", "--target", "final", "--no-cache", "--network", "none",
+        "/w/ctx"]
+    (b,) = plan.with_commands(plans, "buildah", req, _layout(plans), "buildah")
+    assert "--pull-never" in b.argv and "TARGETARCH=arm64" not in b.argv
+    secret = _req(secrets=(plan.parse_secret("id=s,src=/f"),))
+    with pytest.raises(InputError, match="--secret needs BuildKit"):
+        plan.with_commands(plan.plan_platforms(secret, plan.Mode.COPY, TEXT, HOST, ".x"),
+                           "docker", secret, _layout(plans), "docker")
+
+
+def test_index_reading_and_digest_sources() -> None:
+    index = {"manifests": [
+        {"digest": "sha256:a", "platform": {"os": "linux", "architecture": "arm64",
+                                            "variant": "v8"}},
+        {"digest": "sha256:b", "platform": {"os": "linux", "architecture": "arm",
+                                            "variant": "v7"}}]}
+    assert oci_index.platform_digests(index) == {"linux/arm64": "sha256:a",
+                                                 "linux/arm/v7": "sha256:b"}
+    assert oci_index.repository_of("127.0.0.1:5000/xs/app:1") == "127.0.0.1:5000/xs/app"
+    assert oci_index.repository_of("127.0.0.1:5000/xs/app") == "127.0.0.1:5000/xs/app"
+    d = "sha256:" + "0" * 64
+    assert oci_index.source_refs([d, f"r/x@{d}"], ["reg:1/app:1"]) == [
+        f"docker://reg:1/app@{d}", f"docker://r/x@{d}"]
+    with pytest.raises(InputError, match="not an image digest"):
+        oci_index.source_refs(["sha256:12"], ["r/app:1"])
+
+
+def test_failure_names_platform_step_and_status() -> None:
+    ok = build_run.Outcome("linux/amd64", 0, "RUN true")
+    bad = build_run.Outcome("linux/arm64", 1, "RUN exit 7", collections.deque(
+        ["STEP 3/3: RUN exit 7", "error building at STEP \"RUN exit 7\": exit status 7"]))
+    msg = build_run.failure_message([ok, bad])
+    assert msg is not None and msg.startswith(
+        "linux/arm64: step 'RUN exit 7' exited with status 7 (builder exit status 1)")
+    assert build_run.failure_message([ok]) is None
+
+
+def test_cli_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", "--platform", "linux/vax", "."]) == 2
+    assert "unknown platform" in capsys.readouterr().err
+    assert main(["build", "--platform", "linux/amd64,linux/arm64", "--load", "."]) == 2
+    assert main(["build", "--push", "-o", "type=oci,dest=x.tar", "-t", "a/b", "."]) == 2
+    assert main(["index", "create", "-t", "r/a:1", "sha256:zz"]) == 2
