@@ -213,8 +213,12 @@ def _read_dockerfile(req: plan.BuildRequest) -> str:
         raise InputError(f"{req.dockerfile}: cannot read: {e.strerror}") from None
 
 
-def _entry_ref(builder: str, name: str) -> str:
-    return f"docker-daemon:{name}" if builder == "docker" else f"containers-storage:{name}"
+def _entry_ref(builder: str, name: str, work: Path) -> str:
+    """Where the manifest tool reads a built image: the builder's store, or for the Docker
+    daemon (which buildah cannot be pointed at) an OCI layout copied out of it."""
+    if builder != "docker":
+        return f"containers-storage:{name}"
+    return oci_index.from_docker_daemon(name, work / "images", name.rsplit(":", 1)[1])
 
 
 def run_build(req: plan.BuildRequest, stream: TextIO | None = None) -> BuildResult:
@@ -315,11 +319,11 @@ def _deliver(req: plan.BuildRequest, builder: str, program: str,
             d = work / f"push-{p.platform.name.replace('/', '-')}"
             d.mkdir()
             digest = oci_index.push_by_digest(
-                _entry_ref(builder, layout.image_name[p.platform.name]), repo, d)
+                _entry_ref(builder, layout.image_name[p.platform.name], work), repo, d)
             result.platform_digests[p.platform.name] = digest
             print(f"{p.platform.name}: pushed {repo}@{digest}", file=sys.stderr)
     elif out.kind in (plan.Output.REGISTRY, plan.Output.OCI):
-        entries = [oci_index.Entry(_entry_ref(builder, layout.image_name[p.platform.name]),
+        entries = [oci_index.Entry(_entry_ref(builder, layout.image_name[p.platform.name], work),
                                    p.platform.os, p.platform.architecture,
                                    p.platform.index_variant) for p in plans]
         if out.kind is plan.Output.OCI:

@@ -159,6 +159,19 @@ def platform_digests(index: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def from_docker_daemon(image: str, layout: Path, name: str) -> str:
+    """Copy an image out of the Docker daemon (``$DOCKER_HOST``) into an OCI layout; its ref."""
+    host = os.environ.get("DOCKER_HOST")
+    argv = skopeo("copy", "--quiet", *(["--src-daemon-host", host] if host else []),
+                  f"docker-daemon:{image}", f"oci:{layout}:{name}")
+    proc = tools.run(argv, check=False)
+    if proc.returncode != 0:
+        out = proc.stdout.decode(errors="replace") if proc.stdout else ""
+        raise IndexError_(f"reading {image} out of the Docker daemon failed:\n  "
+                          + "\n  ".join(out.strip().splitlines()[-5:]))
+    return f"oci:{layout}:{name}"
+
+
 def push_by_digest(src: str, repository: str, workdir: Path) -> str:
     """Push one image to ``repository`` untagged; its manifest digest.
 
