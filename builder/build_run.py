@@ -42,7 +42,7 @@ log = logging.getLogger("xshim")
 # The builder's step headers and its report of a failed RUN, to name them in our error.
 _STEP = re.compile(r"^(?:\[\d+/\d+\] )?(?:Step \d+/\d+ : |STEP \d+/\d+: )(.*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_STATUS = re.compile(r"(?:returned a non-zero code|exit status|exit code:?)\s*(\d+)")
+_STATUS = re.compile(r"(?:returned a non-zero code|exit status|exit code):?\s*(\d+)")
 
 
 class BuildFailed(XshimError):
