@@ -153,7 +153,12 @@ class Runner:
     def run_all(self, plans: Sequence[plan.PlatformPlan]) -> list[Outcome]:
         workers = max(1, min(len(plans), os.cpu_count() or 1))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(self.run_one, plans))
+            try:
+                return list(pool.map(self.run_one, plans))
+            except BaseException:  # ^C: the builders are in their own sessions, stop them
+                self.failed.set()
+                self.cancel(but="")
+                raise
 
 
 def _trace_record(line: str) -> dict[str, object] | None:

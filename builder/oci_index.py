@@ -120,7 +120,8 @@ def assemble(tool: ManifestTool, entries: Sequence[Entry], destinations: Sequenc
                                       "but no digest")
         return digest
     finally:
-        tool.run("manifest", "rm", name)
+        # Not tool.run: a failed clean-up must not hide why the push failed.
+        tools.run(tool.argv("manifest", "rm", name), check=False)
 
 
 def inspect_raw(ref: str) -> dict[str, Any]:
