@@ -30,8 +30,8 @@ MODES = ("auto", "copy", "mount")
 # Where the bundle sits in the generated context; another name is chosen when the user's context
 # already has one of that name.
 BUNDLE_DIR = ".xshim"
-# Where a traced step's shim writes its records: the step's own output.
-TRACE_TO = "/dev/stderr"
+# A traced step's shim writes marked JSON records into the step's own output (the build log).
+TRACE_TO = "log"
 
 
 class Output(Enum):

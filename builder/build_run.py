@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..shim import arch as archmod
+from ..shim import tracelog
 from . import build as plan
 from . import oci_index, tools
 from .errors import InputError, MissingToolError, XshimError
@@ -162,12 +163,12 @@ class Runner:
 
 
 def _trace_record(line: str) -> dict[str, object] | None:
-    """A shim trace record (JSON) in a step's output, or None for any other line."""
-    text = _ANSI.sub("", line).strip()
-    if not text.startswith('{"event":'):
+    """A shim trace record (marked JSON) in a step's output, or None for any other line."""
+    at = line.find(tracelog.MARK)
+    if at < 0:
         return None
     try:
-        rec = json.loads(text)
+        rec = json.loads(_ANSI.sub("", line[at + len(tracelog.MARK):]))
     except ValueError:
         return None
     return rec if isinstance(rec, dict) else None

@@ -297,8 +297,14 @@ def test_load_one_foreign_platform_and_run_it(env: Any, name: str, context: Path
                                               tmp_path: Path) -> None:
     e = env(name)
     tag = f"xshim-test/loaded:{name}"
+    trace = tmp_path / "trace.jsonl"
     xshim(e, "build", "--builder", name, "--platform", "linux/arm/v7", "--load", "-t", tag,
-          "--progress", "quiet", str(context)).check()
+          "--trace", str(trace), "--progress", "quiet", str(context)).check()
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    tcc = [r for r in records if r["event"] == "exec" and r["path"].endswith("/tcc")]
+    assert tcc and all(r["platform"] == "linux/arm/v7" and r["decision"] == "emulate"
+                       and r["emulator"] == "qemu-arm" and r["step"].startswith("RUN ")
+                       for r in tcc), tcc
     bundle = tmp_path / "bundle"
     xshim(e, "bundle", "--platform", "linux/arm/v7", "-o", str(bundle)).check()
     if name == "docker":

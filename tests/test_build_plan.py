@@ -146,3 +146,12 @@ def test_cli_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["build", "--platform", "linux/amd64,linux/arm64", "--load", "."]) == 2
     assert main(["build", "--push", "-o", "type=oci,dest=x.tar", "-t", "a/b", "."]) == 2
     assert main(["index", "create", "-t", "r/a:1", "sha256:zz"]) == 2
+
+
+def test_trace_records_are_picked_out_of_the_build_log() -> None:
+    from xshim.shim.tracelog import MARK
+
+    line = f'\x1b[31m#7 0.5 {MARK}{{"event":"exec","pid":3}}\x1b[0m'
+    assert build_run._trace_record(line) == {"event": "exec", "pid": 3}
+    assert build_run._trace_record("Step 3/7 : RUN true") is None
+    assert build_run._trace_record(f"{MARK}{{not json") is None
