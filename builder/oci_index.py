@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -57,6 +58,25 @@ def config_args(program: str) -> list[str]:
     return []
 
 
+def tool_env() -> dict[str, str]:
+    """The environment for buildah, podman and skopeo.
+
+    They take ``$DOCKER_CONFIG/config.json`` as their credentials file when DOCKER_CONFIG is set
+    and refuse to start when that file is missing; a Docker client directory without one holds
+    no credentials, so it is not passed on.
+    """
+    env = dict(os.environ)
+    cfg = env.get("DOCKER_CONFIG")
+    if cfg and "REGISTRY_AUTH_FILE" not in env and not os.path.exists(
+            os.path.join(cfg, "config.json")):
+        del env["DOCKER_CONFIG"]
+    return env
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+    return tools.run(argv, check=False, env=tool_env())
+
+
 def skopeo(*args: str) -> list[str]:
     return ["skopeo", *config_args("skopeo"), *args]
 
@@ -72,7 +92,7 @@ class ManifestTool:
         return [self.program, *config_args(self.program), *self.global_args, *args]
 
     def run(self, *args: str) -> str:
-        proc = tools.run(self.argv(*args), check=False)
+        proc = _run(self.argv(*args))
         out = proc.stdout.decode(errors="replace") if proc.stdout else ""
         if proc.returncode != 0:
             raise IndexError_(f"{self.program} {' '.join(args[:2])} failed "
@@ -121,12 +141,12 @@ def assemble(tool: ManifestTool, entries: Sequence[Entry], destinations: Sequenc
         return digest
     finally:
         # Not tool.run: a failed clean-up must not hide why the push failed.
-        tools.run(tool.argv("manifest", "rm", name), check=False)
+        _run(tool.argv("manifest", "rm", name))
 
 
 def inspect_raw(ref: str) -> dict[str, Any]:
     """The manifest or index at ``ref`` (``docker://...``, ``oci-archive:...``), parsed."""
-    proc = tools.run(skopeo("inspect", "--raw", ref), check=False)
+    proc = _run(skopeo("inspect", "--raw", ref))
     out = proc.stdout.decode(errors="replace") if proc.stdout else ""
     if proc.returncode != 0:
         raise IndexError_(f"skopeo inspect {ref} failed (exit status {proc.returncode}):\n  "
@@ -137,7 +157,7 @@ def inspect_raw(ref: str) -> dict[str, Any]:
 
 
 def inspect_config(ref: str) -> dict[str, Any]:
-    proc = tools.run(skopeo("inspect", "--config", "--raw", ref), check=False)
+    proc = _run(skopeo("inspect", "--config", "--raw", ref))
     out = proc.stdout.decode(errors="replace") if proc.stdout else ""
     if proc.returncode != 0:
         raise IndexError_(f"skopeo inspect --config {ref} failed (exit status "
@@ -165,7 +185,7 @@ def from_docker_daemon(image: str, layout: Path, name: str) -> str:
     host = os.environ.get("DOCKER_HOST")
     argv = skopeo("copy", "--quiet", *(["--src-daemon-host", host] if host else []),
                   f"docker-daemon:{image}", f"oci:{layout}:{name}")
-    proc = tools.run(argv, check=False)
+    proc = _run(argv)
     if proc.returncode != 0:
         out = proc.stdout.decode(errors="replace") if proc.stdout else ""
         raise IndexError_(f"reading {image} out of the Docker daemon failed:\n  "
@@ -180,11 +200,14 @@ def push_by_digest(src: str, repository: str, workdir: Path) -> str:
     to ``repository@digest`` with --preserve-digests, which fails rather than change a byte.
     """
     layout = workdir / "oci"
-    tools.run(skopeo("copy", "--quiet", src, f"oci:{layout}:image"))
+    proc = _run(skopeo("copy", "--quiet", src, f"oci:{layout}:image"))
+    if proc.returncode != 0:
+        raise IndexError_(f"copying {src} failed:\n  " + "\n  ".join(
+            (proc.stdout or b"").decode(errors="replace").strip().splitlines()[-5:]))
     index = json.loads((layout / "index.json").read_text())
     digest = str(index["manifests"][0]["digest"])
-    proc = tools.run(skopeo("copy", "--quiet", "--preserve-digests", f"oci:{layout}:image",
-                             f"docker://{repository}@{digest}"), check=False)
+    proc = _run(skopeo("copy", "--quiet", "--preserve-digests", f"oci:{layout}:image",
+                       f"docker://{repository}@{digest}"))
     if proc.returncode != 0:
         out = proc.stdout.decode(errors="replace") if proc.stdout else ""
         raise IndexError_(f"pushing {digest} to {repository} failed:\n  "

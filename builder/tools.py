@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .errors import MissingToolError, ToolFailedError
 
@@ -38,6 +38,7 @@ def run(
     capture: bool = True,
     input: bytes | None = None,
     timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a program; raise MissingToolError when absent, ToolFailedError when it fails."""
     full = [find(argv[0]), *argv[1:]]
@@ -48,6 +49,7 @@ def run(
         stderr=subprocess.STDOUT if capture else None,
         timeout=timeout,
         check=False,
+        env=dict(env) if env is not None else None,
     )
     if check and proc.returncode != 0:
         out = proc.stdout.decode(errors="replace") if proc.stdout else ""
