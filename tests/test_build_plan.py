@@ -155,3 +155,15 @@ def test_trace_records_are_picked_out_of_the_build_log() -> None:
     assert build_run._trace_record(line) == {"event": "exec", "pid": 3}
     assert build_run._trace_record("Step 3/7 : RUN true") is None
     assert build_run._trace_record(f"{MARK}{{not json") is None
+
+
+def test_docker_config_without_credentials_is_not_passed_on(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    d = Path(str(tmp_path))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(d))
+    assert "DOCKER_CONFIG" not in oci_index.tool_env()
+    (d / "config.json").write_text("{}")
+    assert oci_index.tool_env()["DOCKER_CONFIG"] == str(d)
