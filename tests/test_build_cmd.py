@@ -252,8 +252,9 @@ def test_build_push_three_platforms(env: Any, name: str, context: Path,
     before = _snapshot(context)
     tag = f"{registry.host}/xs/app-{name}:1"
     meta = tmp_path / "meta.json"
+    # No cache: every step runs here (the later tests reuse this build's layers).
     r = xshim(e, "build", "--builder", name, "--platform", ALL, "-t", tag, "--push",
-              "--metadata-file", str(meta), str(context))
+              "--no-cache", "--metadata-file", str(meta), str(context))
     r.check()
     assert _snapshot(context) == before, "the build changed the user's context"
     # Each platform's output is prefixed, and the foreign ones ran their steps through qemu.
