@@ -72,9 +72,16 @@ def _copy_context(src: Path, dst: Path) -> None:
         tools.run(["cp", "-a", "--reflink=auto", "--", f"{src}/.", str(dst)])
 
 
-def _ignore_text(context: Path, bundle: str) -> str | None:
-    """The user's .dockerignore with the bundle let through (later patterns win)."""
-    path = context / ".dockerignore"
+def _ignore_text(context: Path, dockerfile: Path, bundle: str) -> str | None:
+    """The user's ignore file with the bundle let through (later patterns win).
+
+    ``<Dockerfile>.dockerignore`` beside the Dockerfile takes the place of the context's
+    ``.dockerignore``, as in BuildKit and buildah; the patched Dockerfile lives elsewhere, so the
+    one that applies is written into the generated context.
+    """
+    path = Path(f"{dockerfile}.dockerignore")
+    if not path.is_file():
+        path = context / ".dockerignore"
     if not path.is_file():
         return None
     text = path.read_text(encoding="utf-8", errors="surrogateescape")
@@ -260,9 +267,10 @@ def _build_in(req: plan.BuildRequest, builder: str, program: str,
     if foreign:
         gen.mkdir()
         _copy_context(context, gen)
-        ignore = _ignore_text(context, bundle)
+        ignore = _ignore_text(context, Path(req.dockerfile).resolve(), bundle)
         if ignore is not None:
-            (gen / ".dockerignore").unlink()
+            # Unlinked first: it may be a hard link to the user's own file.
+            (gen / ".dockerignore").unlink(missing_ok=True)
             (gen / ".dockerignore").write_text(ignore, encoding="utf-8", errors="surrogateescape")
         build_bundle(gen / bundle, plan.emulated_arches(plans))
     names = {p.platform.name: p.platform.name.replace("/", "-") for p in plans}

@@ -167,3 +167,15 @@ def test_docker_config_without_credentials_is_not_passed_on(
     assert "DOCKER_CONFIG" not in oci_index.tool_env()
     (d / "config.json").write_text("{}")
     assert oci_index.tool_env()["DOCKER_CONFIG"] == str(d)
+
+
+def test_ignore_file_lets_the_bundle_through(tmp_path: object) -> None:
+    from pathlib import Path
+
+    ctx = Path(str(tmp_path))
+    assert build_run._ignore_text(ctx, ctx / "Dockerfile", ".xshim") is None
+    (ctx / ".dockerignore").write_text("*\n!app")
+    assert build_run._ignore_text(ctx, ctx / "Dockerfile", ".xshim") == \
+        "*\n!app\n!.xshim\n!.xshim/**\n"
+    (ctx / "Dockerfile.dockerignore").write_text("**\n")
+    assert build_run._ignore_text(ctx, ctx / "Dockerfile", ".x1") == "**\n!.x1\n!.x1/**\n"
