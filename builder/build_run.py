@@ -303,7 +303,7 @@ def _build_in(req: plan.BuildRequest, builder: str, program: str,
         message = failure_message(outcomes)
         if message:
             raise BuildFailed(message, "the builder's output above has the details")
-        ids = {p.platform.name: Path(layout.iidfile[p.platform.name]).read_text().strip()
+        ids = {p.platform.name: _image_id(layout.iidfile[p.platform.name], p.platform.name)
                for p in plans}
         return _deliver(req, builder, program, plans, layout, ids, work)
     finally:
@@ -313,6 +313,14 @@ def _build_in(req: plan.BuildRequest, builder: str, program: str,
             # With the user's tags on it, this only removes the private name.
             for name in built:
                 subprocess.run([program, "rmi", name], capture_output=True)
+
+
+def _image_id(path: str, platform: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except FileNotFoundError:
+        raise BuildFailed(f"{platform}: the builder succeeded but wrote no image id",
+                          "run the build again with --progress plain to see its output") from None
 
 
 def _deliver(req: plan.BuildRequest, builder: str, program: str,
