@@ -98,14 +98,6 @@ def _snapshot(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def _builders_to_ourselves() -> Iterator[None]:
-    if os.geteuid() != 0:
-        pytest.skip("dockerd and buildah with chroot isolation need root")
-    with builders.exclusive():
-        yield
-
-
 @dataclass
 class Env:
     """How ``xshim build`` reaches one builder: its environment, and the builder's own handle."""
@@ -116,22 +108,18 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(request: pytest.FixtureRequest, _builders_to_ourselves: None, bases: dict[str, Path],
+def env(request: pytest.FixtureRequest, bases: dict[str, Path],
         registry: multiarch.Registry, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """``env(name)``: the builder started, the three bases loaded, its environment for xshim."""
+    """``env(name)``: the session's builder (tests/support/buildfix.py), the three bases loaded,
+    its environment for xshim."""
     done: dict[str, Env] = {}
-    stop: list[Any] = []
 
     def get(name: str) -> Env:
         if name in done:
             return done[name]
         base = {**os.environ, **registry.env()}
         if name == "docker":
-            try:
-                d = builders.start_dockerd()
-            except builders.BuilderUnavailable as e:
-                pytest.skip(f"dockerd cannot run here: {e}")
-            stop.append(d)
+            d = request.getfixturevalue("dockerd")
             for archive in bases.values():
                 d.load(archive)
             # Debian's client, which speaks the daemon's API, first on PATH.
@@ -140,10 +128,7 @@ def env(request: pytest.FixtureRequest, _builders_to_ourselves: None, bases: dic
             e = Env(name, {**d.env(**registry.env()),
                            "PATH": f"{bindir}:{os.environ['PATH']}"}, d)
         else:
-            try:
-                b = builders.start_buildah()
-            except builders.BuilderUnavailable as e:
-                pytest.skip(f"buildah cannot run here: {e}")
+            b = request.getfixturevalue("buildah")
             for t, archive in bases.items():
                 b.load(archive, f"xshim-test/debian:{t}")
             conf = tmp_path_factory.mktemp("storage") / "storage.conf"
@@ -154,10 +139,7 @@ def env(request: pytest.FixtureRequest, _builders_to_ourselves: None, bases: dic
         done[name] = e
         return e
 
-    yield get
-    for d in stop:
-        d.prune("xshim-test/")
-        d.stop()
+    return get
 
 
 def xshim(e: Env, *args: str, cwd: Path | None = None) -> builders.Result:
