@@ -15,28 +15,13 @@ from collections.abc import Callable, Sequence
 from ..shim import layout, sigstate
 from ..shim.errors import ShimError
 from ..shim.version import __version__
+from .cli_build import _parse_build, _parse_index
+from .cli_parsers import Formatter, Handler
+from .cli_parsers import add_command as _add
 from .errors import XshimError
 
 log = logging.getLogger("xshim")
 
-Handler = Callable[[argparse.Namespace], int]
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    pass
-
-
-def _add(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    help: str,
-    epilog: str,
-    handler: Handler,
-) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help, epilog=epilog,
-                       formatter_class=_Formatter)
-    p.set_defaults(handler=handler)
-    return p
 
 
 # --- xshim run ------------------------------------------------------------------------------------
@@ -350,7 +335,7 @@ def _parse_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     views = p.add_subparsers(dest="trace_view", metavar="VIEW", required=True)
     for name, help in TRACE_VIEWS.items():
         v = views.add_parser(name, help=help, description=help, epilog=TRACE_EPILOG,
-                             formatter_class=_Formatter)
+                             formatter_class=Formatter)
         v.add_argument("files", nargs="+", metavar="FILE", help="JSONL traces or build logs")
         if name == "export":
             v.add_argument("--format", choices=["perfetto", "svg"], default="perfetto",
@@ -368,7 +353,6 @@ def _parse_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                            help="how many to list (default: 10)")
 
 
-from .cli_build import _parse_build, _parse_index  # noqa: E402
 
 # --- registry ------------------------------------------------------------------------------------
 
@@ -388,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xshim",
         description="Build foreign-architecture container images on hosts without binfmt_misc.",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
         epilog="Run 'xshim COMMAND --help' for a command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"xshim {__version__}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import _add
+from .cli_parsers import add_command as _add
 
 # --- xshim build ----------------------------------------------------------------------------------
 

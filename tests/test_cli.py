@@ -3,6 +3,9 @@ anything else as one ``xshim: error:`` line, with the traceback only under -v.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from xshim.builder import cli, verify
 from xshim.builder.errors import InputError, MissingToolError
@@ -54,3 +57,13 @@ def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch,
     _fail_with(monkeypatch, KeyboardInterrupt())
     assert cli.main(["verify", "somewhere"]) == 130
     assert capsys.readouterr().err == "xshim: interrupted\n"
+
+
+@pytest.mark.parametrize("command", ["build", "index", "trace", "run", "patch"])
+def test_the_module_runs_as_a_program(command: str) -> None:
+    """``python -m xshim.builder.cli`` (how the tests and some users run it) imports every
+    sub-command module without an import cycle."""
+    r = subprocess.run([sys.executable, "-m", "xshim.builder.cli", command, "--help"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"usage: xshim {command}"), r.stdout[:200]
