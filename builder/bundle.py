@@ -5,7 +5,9 @@ manifest are the bundle contract: shim/layout.py, described in docs/bundle-contr
 is the frozen shim (PyInstaller bootloader) with PT_INTERP PREFIX/lib/<ld.so> and DT_RPATH
 PREFIX/lib:PREFIX/bin/_internal. Every file gets a fixed mode (0755 for programs and libraries,
 0644 for data, 0755 for directories), whatever the umask, so that the manifest's modes are the
-same on every machine.
+same on every machine. The emulators are Debian's qemu-user-static for the host, checked against
+the signed archive (or exactly what --qemu gave); the manifest records the package version of
+each.
 
 The closure of host libraries comes from DT_NEEDED, read from the files themselves (no ldd:
 ldd runs the loader, and would answer for this host's environment, not the image's). Every
@@ -99,14 +101,14 @@ def build_bundle(
     target = Path(out).absolute()
     _check_output(target)
     host = archmod.host_arch()
-    emulators = qemumod.find_emulators(arches, qemu)
+    emulators, sources = qemumod.bundle_emulators(arches, qemu)
     frozen = freeze.frozen_shim(cache, rebuild=rebuild)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:
         os.chmod(tmp, 0o755)
-        manifest = _assemble(tmp, frozen, emulators, arches, prefix, host)
+        manifest = _assemble(tmp, frozen, emulators, arches, prefix, host, sources)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -135,7 +137,7 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def _assemble(root: Path, frozen: Path, emulators: dict[str, Path], arches: Sequence[Arch],
-              prefix: str, host: Arch) -> Manifest:
+              prefix: str, host: Arch, sources: dict[str, dict[str, str]]) -> Manifest:
     bindir, libdir, qdir = root / L.BIN, root / L.LIB, root / L.QEMU
     bindir.mkdir()
     shutil.copy2(frozen / freeze.NAME, root / L.SHIM)
@@ -168,7 +170,7 @@ def _assemble(root: Path, frozen: Path, emulators: dict[str, Path], arches: Sequ
     _collect_libraries(root, search, libdir, loader_soname, host)
     _patch_all(root, prefix, loader_name, search)
     _fix_modes(root)
-    return _write_manifest(root, prefix, host, arches, loader_name)
+    return _write_manifest(root, prefix, host, arches, loader_name, sources)
 
 
 def _fix_modes(root: Path) -> None:
@@ -277,7 +279,7 @@ def _role(rel: str, loader_name: str) -> str:
 
 
 def _write_manifest(root: Path, prefix: str, host: Arch, arches: Sequence[Arch],
-                    loader_name: str) -> Manifest:
+                    loader_name: str, sources: dict[str, dict[str, str]]) -> Manifest:
     entries: list[Entry] = []
     dirs: list[Entry] = [Entry(L.GUEST, "runtime", mode=L.DIR_MODE)]
     for dirpath, dirnames, filenames in os.walk(root):
@@ -308,6 +310,7 @@ def _write_manifest(root: Path, prefix: str, host: Arch, arches: Sequence[Arch],
         entries=tuple(sorted(entries, key=lambda e: e.path)),
         dirs=tuple(sorted(dirs, key=lambda e: e.path)),
         xshim_version=__version__,
+        emulator_sources={name: sources[name] for name in emulators},
     )
     (root / L.MANIFEST).write_text(manifest.dumps())
     os.chmod(root / L.MANIFEST, L.DATA_MODE)

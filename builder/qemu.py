@@ -5,6 +5,9 @@ file name ``qemu-<target>[-static]``), the host's ``qemu-<target>-static`` on PA
 else the file from Debian's ``qemu-user-static`` package for the host architecture, downloaded
 and checked against the archive's signed digests, unpacked into the cache. Every emulator must be
 a host-architecture ELF: a foreign one would need an emulator itself.
+
+A bundle ships none of the host's copies: its emulators are Debian's, each proven against the
+archive's signed chain and recorded with the package version it came from (bundle_emulators).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..shim import arch as archmod
 from ..shim.arch import Arch, NotElfError, UnknownPlatformError
@@ -42,14 +45,24 @@ class MissingEmulatorError(XshimError):
 
     exit_code = 3
 
-    def __init__(self, arches: Sequence[Arch], why: str = "") -> None:
+    def __init__(self, arches: Sequence[Arch], why: str = "", *, bundle: bool = False) -> None:
         names = ", ".join(a.qemu_static for a in arches)
+        if bundle:
+            # A bundle never ships the host's copies, so installing qemu would not help.
+            what, hint = f"{names}: not given", (
+                "a bundle ships Debian's emulators, checked against the signed archive: make "
+                "the archive reachable (or name a mirror in $XSHIM_MIRROR), or pass --qemu "
+                f"/path/to/{arches[0].qemu_static} to ship your own")
+        else:
+            what = f"{names} not given, not installed"
+            hint = f"apt-get install {PACKAGE}, or pass --qemu /path/to/{arches[0].qemu_static}"
         super().__init__(
-            f"no emulator for {', '.join(a.platform for a in arches)}: {names} not given, not "
-            f"installed" + (f", and {why}" if why else ""),
-            f"apt-get install {PACKAGE}, or pass --qemu /path/to/{arches[0].qemu_static}",
+            f"no emulator for {', '.join(a.platform for a in arches)}: {what}"
+            + (f", and {why}" if why else ""),
+            hint,
         )
         self.arches = tuple(arches)
+        self.why = why
 
 
 class NotAnEmulatorError(InputError):
@@ -210,6 +223,42 @@ def fetch_emulators(
 
     Each unpacked emulator's SHA256 is recorded beside it and checked again on every reuse.
     """
+    return debian_emulators(arches, archive=archive, cache=cache)[0]
+
+
+class EmulatorSource(NamedTuple):
+    """The Debian package an emulator was unpacked from, as the signed archive lists it.
+
+    A NamedTuple, not a dataclass: `xshim run` imports this module on every start, and
+    dataclasses pulls in inspect.
+    """
+
+    package: str
+    version: str
+    architecture: str
+    suite: str
+    deb_sha256: str  # the .deb's SHA256 from the Packages index that InRelease signs
+
+    def to_json(self) -> dict[str, str]:
+        return {"origin": "debian", "package": self.package, "version": self.version,
+                "architecture": self.architecture, "suite": self.suite,
+                "deb_sha256": self.deb_sha256}
+
+
+def debian_emulators(
+    arches: Sequence[Arch],
+    *,
+    archive: debian.Archive | None = None,
+    cache: Path | None = None,
+) -> tuple[dict[str, Path], EmulatorSource]:
+    """Emulators proven to be Debian's, and the package they came from.
+
+    The chain is checked on every call: ``InRelease`` against the archive keyring (gpgv), the
+    Packages index against its SHA256 in that signed text, the .deb against the index, and each
+    emulator is the .deb's own member. Unpacked emulators are cached per package version (Debian
+    never reuses a version for other bytes in one archive), with their SHA256 beside them,
+    checked again on reuse.
+    """
     import hashlib
 
     from . import debian
@@ -221,6 +270,8 @@ def fetch_emulators(
         info = _find_package(archive, host.debian)
     except debian.ArchiveError as e:
         raise MissingEmulatorError(arches, f"Debian's {PACKAGE} could not be had: {e}") from e
+    source = EmulatorSource(info.name, info.version, info.architecture or host.debian,
+                            archive.suite, info.sha256)
     version = info.version.replace(":", "_")  # the epoch's colon is awkward in paths
     root = (cache or debian.cache_dir()) / "qemu" / f"{info.name}_{version}_{host.debian}"
     out: dict[str, Path] = {}
@@ -241,7 +292,32 @@ def fetch_emulators(
         write_atomic(path, blob, mode=0o755)
         write_atomic(_sum_path(path), (hashlib.sha256(blob).hexdigest() + "\n").encode())
         out[a.name] = path
-    return out
+    return out, source
+
+
+def bundle_emulators(
+    arches: Iterable[Arch | str],
+    explicit_paths: Sequence[str | os.PathLike[str]] = (),
+    *,
+    archive: debian.Archive | None = None,
+    cache: Path | None = None,
+) -> tuple[dict[str, Path], dict[str, dict[str, str]]]:
+    """The emulators a bundle ships, and where each came from (for its manifest).
+
+    An explicit ``--qemu`` file is shipped as given, recorded as such. Every other one is
+    Debian's, proven by :func:`debian_emulators`: never the host's installed copy, whose bytes
+    nothing here can vouch for, so a bundle built anywhere ships the same emulators.
+    """
+    given, rest = available_emulators(arches, explicit_paths, search_dirs=[])
+    sources: dict[str, dict[str, str]] = {name: {"origin": "given"} for name in given}
+    if rest:
+        try:
+            fetched, source = debian_emulators(rest, archive=archive, cache=cache)
+        except MissingEmulatorError as e:
+            raise MissingEmulatorError(e.arches, e.why, bundle=True) from e
+        given.update(fetched)
+        sources.update({name: source.to_json() for name in fetched})
+    return given, sources
 
 
 def _find_package(archive: debian.Archive, debian_arch: str) -> debian.PackageInfo:

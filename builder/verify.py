@@ -54,6 +54,8 @@ class Report:
     prefix: str = ""
     host_arch: str = ""
     platforms: list[str] = field(default_factory=list)
+    # emulator path -> where it came from, as the manifest records it
+    emulators: dict[str, str] = field(default_factory=dict)
     files: int = 0
     elf_files: int = 0
     problems: list[Problem] = field(default_factory=list)
@@ -78,6 +80,8 @@ class Report:
             f"platforms {', '.join(self.platforms) or '?'}",
             f"checked   {self.files} files ({self.elf_files} ELF)",
         ]
+        lines.extend(f"emulator  {path}: {origin}"
+                     for path, origin in sorted(self.emulators.items()))
         if self.ok:
             lines.append("OK: every hash and mode matches, no extra file, every ELF is "
                          "host-native and resolves inside the bundle")
@@ -99,6 +103,7 @@ def verify_bundle(bundle: str | os.PathLike[str], root: str | os.PathLike[str] |
     listed = _check_files(base, manifest, report)
     _check_extra(base, manifest, listed, report)
     _check_elves(base, manifest, prefix, report)
+    _report_emulators(manifest, report)
     if root is not None:
         _check_placement(base, Path(root), prefix, manifest, report)
     return report
@@ -125,6 +130,35 @@ def _load_manifest(base: Path, report: Report) -> Manifest | None:
         report.add(L.MANIFEST, "manifest", f"unknown host_arch {report.host_arch!r}")
         return None
     return manifest
+
+
+def describe_source(source: object) -> str | None:
+    """One line for an ``emulator_sources`` entry; None when it is malformed."""
+    if not isinstance(source, dict):
+        return None
+    if source.get("origin") == "given":
+        return "given with --qemu when bundled (not checked against Debian)"
+    fields = ("package", "version", "architecture", "suite", "deb_sha256")
+    if source.get("origin") != "debian" or not all(isinstance(source.get(k), str) and source[k]
+                                                   for k in fields):
+        return None
+    return (f"Debian {source['package']} {source['version']} ({source['suite']}, "
+            f"{source['architecture']}; .deb sha256 {source['deb_sha256'][:16]}...), checked "
+            "against the archive's signed index when bundled")
+
+
+def _report_emulators(manifest: Manifest, report: Report) -> None:
+    """Where each emulator came from; a bundle of an older xshim records nothing."""
+    sources = manifest.emulator_sources
+    for name, rel in sorted(manifest.emulators.items()):
+        if sources is None:
+            report.emulators[rel] = "origin not recorded (bundle made by an older xshim)"
+            continue
+        line = describe_source(sources.get(name))
+        if line is None:
+            report.add(L.MANIFEST, "manifest", f"no valid emulator_sources entry for {name}")
+            continue
+        report.emulators[rel] = line
 
 
 def _check_mode(rel: str, st: os.stat_result, want: int, report: Report) -> None:

@@ -246,6 +246,10 @@ class Manifest(NamedTuple):
     entries: tuple[Entry, ...]  # files and symlinks, sorted by path
     dirs: tuple[Entry, ...]  # directories, sorted by path; guest/ is the "runtime" one
     xshim_version: str = ""
+    # Arch name -> where its emulator came from: {"origin": "debian", "package", "version",
+    # "architecture", "suite", "deb_sha256"} as checked against the signed archive, or
+    # {"origin": "given"} for a --qemu file. None in bundles made before it was recorded.
+    emulator_sources: dict[str, dict[str, str]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -258,6 +262,8 @@ class Manifest(NamedTuple):
             "loader": self.loader,
             "files": [e.to_json() for e in self.entries],
             "dirs": [d.to_json() for d in self.dirs],
+            **({} if self.emulator_sources is None else
+               {"emulator_sources": {k: dict(v) for k, v in self.emulator_sources.items()}}),
         }
 
     def dumps(self) -> str:
@@ -306,6 +312,13 @@ class Manifest(NamedTuple):
         loader = safe_relative(data["loader"])
         if loader is None:
             raise ManifestError(f"bad loader path {data['loader']!r}")
+        sources = data.get("emulator_sources")
+        if sources is not None and not (
+            isinstance(sources, dict)
+            and all(isinstance(v, dict) and all(isinstance(x, str) for x in (*v, *v.values()))
+                    for v in sources.values())
+        ):
+            raise ManifestError("has no valid 'emulator_sources'")
         return cls(
             prefix=prefix.rstrip("/"),
             host_arch=data["host_arch"],
@@ -315,6 +328,8 @@ class Manifest(NamedTuple):
             entries=entries,
             dirs=dirs,
             xshim_version=str(data.get("xshim_version", "")),
+            emulator_sources=None if sources is None else {
+                str(k): dict(v) for k, v in sources.items()},
         )
 
     @classmethod

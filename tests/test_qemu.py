@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -261,3 +263,19 @@ def test_binfmt_guard_counts_any_handler(tmp_path: Path) -> None:
     assert "'jar'" in problem and "serves" not in problem
     with pytest.raises(AssertionError, match="would prove nothing"):
         assert_no_binfmt(["linux/arm64"], d)
+
+
+def test_bundle_without_the_archive_says_how_to_get_emulators(tmp_path: Path) -> None:
+    """A bundle never falls back to the host's installed qemu: with no archive it stops, exit 3,
+    and says what would help (a reachable archive, or --qemu), writing nothing."""
+    env = dict(os.environ, XSHIM_CACHE=str(tmp_path / "cache"),
+               XSHIM_MIRROR="http://127.0.0.1:9/debian")
+    out = tmp_path / "out" / ".xshim"
+    r = subprocess.run([sys.executable, "-m", "xshim.builder.cli", "bundle", "--platform",
+                        "linux/arm64", "-o", str(out)], capture_output=True, text=True, env=env,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert "qemu-aarch64-static: not given" in r.stderr
+    assert "signed archive" in r.stderr and "--qemu /path/to/qemu-aarch64-static" in r.stderr
+    assert "apt-get install" not in r.stderr
+    assert not out.parent.exists()

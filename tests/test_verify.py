@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 from support import foreign
-from xshim.builder import bundle, elf
+from xshim.builder import bundle, debian, elf, qemu
 from xshim.builder.verify import verify_bundle
+from xshim.shim import arch as archmod
 
 XSHIM = shutil.which("xshim") or "xshim"
 
@@ -205,3 +206,59 @@ def test_placement(copy: Path, tmp_path: Path) -> None:
     report = verify_bundle(tree / "opt" / "x", root=tree)
     assert [p.check for p in report.problems] == ["placement"]
     assert "rebuild it with --prefix /opt/x" in report.problems[0].message
+
+
+# --- where the emulators came from ------------------------------------------------------------
+
+
+def test_emulator_is_debians_and_verify_says_which_version(pristine: Path) -> None:
+    """The bundled emulator is the member of the .deb the signed index lists, byte for byte, and
+    the manifest and `xshim verify` name that package version."""
+    archive = foreign.archive_or_skip()
+    host = archmod.host_arch().debian
+    info = qemu._find_package(archive, host)
+    source = manifest(pristine)["emulator_sources"]["aarch64"]  # type: ignore[index]
+    assert source == {"origin": "debian", "package": info.name, "version": info.version,
+                      "architecture": host, "suite": archive.suite, "deb_sha256": info.sha256}
+    deb = archive.fetch(info).read_bytes()
+    ((blob, _mode),) = debian.read_deb_members(deb, ["usr/bin/qemu-aarch64-static"]).values()
+    assert (pristine / "qemu" / "qemu-aarch64-static").read_bytes() == blob
+    r = verify(str(pristine))
+    assert r.returncode == 0
+    assert (f"emulator  qemu/qemu-aarch64-static: Debian {info.name} {info.version} "
+            f"({archive.suite}, {host}; .deb sha256 {info.sha256[:16]}...)") in r.stdout
+    report = json.loads(verify("--json", str(pristine)).stdout)
+    assert report["emulators"]["qemu/qemu-aarch64-static"].startswith(f"Debian {info.name} ")
+
+
+def test_given_emulator_is_reported_as_given(tmp_path: Path, pristine: Path) -> None:
+    mine = tmp_path / "qemu-aarch64-static"
+    shutil.copy2(pristine / "qemu" / "qemu-aarch64-static", mine)
+    out = tmp_path / ".xshim"
+    r = subprocess.run([XSHIM, "bundle", "--platform", "linux/arm64", "--qemu", str(mine),
+                        "-o", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert manifest(out)["emulator_sources"] == {"aarch64": {"origin": "given"}}
+    assert "qemu/qemu-aarch64-static: given with --qemu" in verify(str(out)).stdout
+
+
+@pytest.mark.parametrize("entry", [None, {"origin": "debian", "package": "qemu-user-static"},
+                                   {"origin": "elsewhere"}])
+def test_bad_emulator_source_is_named(copy: Path, entry: object) -> None:
+    m = manifest(copy)
+    m["emulator_sources"] = {} if entry is None else {"aarch64": entry}
+    rewrite_manifest(copy, m)
+    report = verify_bundle(copy)
+    assert [(p.path, p.check) for p in report.problems] == [("manifest.json", "manifest")]
+    assert "no valid emulator_sources entry for aarch64" in report.problems[0].message
+
+
+@pytest.mark.parametrize("value", [["qemu-user-static"], {"aarch64": "debian"},
+                                   {"aarch64": {"origin": 5}}])
+def test_malformed_emulator_sources_is_a_manifest_problem(copy: Path, value: object) -> None:
+    m = manifest(copy)
+    m["emulator_sources"] = value
+    rewrite_manifest(copy, m)
+    report = verify_bundle(copy)
+    assert [(p.path, p.check) for p in report.problems] == [("manifest.json", "manifest")]
+    assert "emulator_sources" in report.problems[0].message
