@@ -152,6 +152,7 @@ def make_rootfs(
     _check_target(target)
     url = debian.find_mirror(mirror)
     suite = suite or debian.host_suite()
+    _check_port(url, suite, a)
     if os.geteuid() != 0:
         raise PrivilegeError("debootstrap needs root (it creates device nodes and owns files)",
                              "run it as root, e.g. with sudo")
@@ -171,6 +172,32 @@ def make_rootfs(
         raise
     log.info("rootfs ready: %s", target)
     return target
+
+
+# Debian architectures released later than the others: the first suite that carries each.
+FIRST_SUITE = {"riscv64": "trixie"}
+
+
+def _check_port(url: str, suite: str, a: archmod.Arch) -> None:
+    """InputError when the suite has no packages for the architecture (riscv64 before trixie).
+
+    debootstrap would find out too, but only after its own download, in its own words; the
+    signed index says it at once. An archive that can't answer (unreachable, no such suite, bad
+    signature) is left for debootstrap, which checks the same things and reports them itself.
+    """
+    try:
+        release = debian.Archive(url, suite).release()
+    except debian.ArchiveError:
+        return
+    if any(p.startswith(f"main/binary-{a.debian}/") for p in release):
+        return
+    first = FIRST_SUITE.get(a.debian)
+    raise InputError(
+        f"--suite {suite}: Debian {suite} has no {a.debian} port (no main/binary-{a.debian} in "
+        "its signed index)",
+        f"use --suite {first} (the first release with {a.debian})" if first else
+        "pick a suite that carries this architecture, e.g. --suite sid",
+    )
 
 
 def _second_stage(tree: Path, a: archmod.Arch) -> None:

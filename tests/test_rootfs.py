@@ -114,3 +114,18 @@ def test_cli_second_stage_finishes_the_tree(tmp_path: Path) -> None:
     assert status.count("Status: install ok installed") > 50
     assert not (target / "debootstrap").exists()  # the second stage removes it when done
     assert _siblings(target) == []
+
+
+@pytest.mark.network
+def test_suite_without_the_port_is_input_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """riscv64 is a Debian release architecture from trixie on: bookworm is refused at once."""
+    archive = archive_or_skip("bookworm")
+    target = tmp_path / "rv"
+    argv = ["rootfs", "--platform", "linux/riscv64", "--suite", "bookworm",
+            "--mirror", archive.mirror, str(target)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "bookworm has no riscv64 port" in err and "--suite trixie" in err
+    assert list(tmp_path.iterdir()) == []
