@@ -65,35 +65,7 @@ def _no_binfmt_after() -> Iterator[None]:
     builders.assert_no_binfmt(PLATFORMS)
 
 
-@pytest.fixture(scope="module")
-def _builders_to_ourselves() -> Iterator[None]:
-    if os.geteuid() != 0:
-        pytest.skip("dockerd and buildah with chroot isolation need root")
-    with builders.exclusive():
-        yield
-
-
-@pytest.fixture(scope="module")
-def dockerd(_builders_to_ourselves: None) -> Iterator[builders.Dockerd]:
-    try:
-        d = builders.start_dockerd()
-    except builders.BuilderUnavailable as e:
-        pytest.skip(f"dockerd cannot run here: {e}")
-    try:
-        yield d
-    finally:
-        d.prune("xshim-test/")
-        d.stop()
-
-
-@pytest.fixture(scope="module")
-def buildah(_builders_to_ourselves: None) -> Iterator[builders.Buildah]:
-    try:
-        b = builders.start_buildah()
-    except builders.BuilderUnavailable as e:
-        pytest.skip(f"buildah cannot run here: {e}")
-    yield b
-    b.prune("xshim-test/")
+# The builders are the session's (tests/support/buildfix.py, through conftest.py).
 
 
 def _tree(debian_arch: str) -> Path:
