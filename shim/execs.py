@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-from . import blind
+from . import blind, comm
 from . import inject as ij
 from . import ptrace as pt
 from .plan import Leave, NeedView, Plan, Planner, errname
@@ -66,6 +66,9 @@ class Execs:
         self.undump: dict[int, int] = {}
         self.emulating: dict[int, bytes] = {}  # pid -> path of its rewritten exec, when tracing
         self.warned: set[str] = set()
+        # pid -> (name, syscall offset) for its emulated exec: see shim/comm.py.
+        self.names: dict[int, tuple[bytes, int]] = {}
+        self.namer = comm.Namer(self.inj, self.mem, planner.own_root)
 
     def done(self, pid: int) -> None:
         """``pid`` exec'd: nothing to restore, and memory made for the exec went with it."""
@@ -81,8 +84,21 @@ class Execs:
                 self.unmap_later[sharer] = area
             self.unmap_later.pop(pid, None)
 
+    def exec_event(self, pid: int, former: int) -> None:
+        """Let ``pid`` go on from the exec event of a successful exec (made by thread
+        ``former``): renamed first if it was emulated."""
+        named = self.names.pop(former, None) if self.names else None
+        if former != pid and self.names:
+            self.names.pop(pid, None)
+        if named is None:
+            pt.cont(pid)  # CONT, not SYSCALL: this exec's syscall-exit stop is not needed
+            return
+        self.namer.rename(pid, *named)
+
     def forget(self, pid: int) -> None:
         self.saved.pop(pid, None)
+        if self.names:
+            self.names.pop(pid, None)
         if self.retry or self.roots_known or self.scratch or self.emulating or self.unmap_later:
             self.undump.pop(pid, None)
             self.retry.pop(pid, None)
@@ -100,6 +116,8 @@ class Execs:
             pt.getregs(pid, regs)
             if regs.rax >= 1 << 63:  # the exec failed: give back the caller's registers
                 area = None
+                if self.names:
+                    self.names.pop(pid, None)
                 if saved is not None:
                     regs.rdi, regs.rsi, regs.rdx = saved
                     if self.trace is not None:
@@ -221,7 +239,17 @@ class Execs:
                 extra["script"] = [s.interpreter.decode(errors="replace") for s in outcome.scripts]
             trace.exec(pid, self.traced_parent(pid), shown, argv, "emulate", **extra)
             self.emulating[pid] = shown
+        if shown is path:  # not through a descriptor: those the kernel names after qemu too
+            self._name(pid, path, outcome.emulator)
         pt.cont_syscall(pid)
+
+    def _name(self, pid: int, path: bytes, emulator: bytes) -> None:
+        name = comm.kernel_name(path)
+        if name == comm.kernel_name(emulator):
+            return
+        offset = self.namer.offset(emulator)
+        if offset is not None:
+            self.names[pid] = (name, offset)
 
     def _prepare(
         self, pid: int, regs: pt.UserRegs, dirfd: int, path_p: int, flags: int,

@@ -80,6 +80,10 @@ class Injector:
     def _step(self, pid: int) -> None:
         """Resume to the next syscall stop, keeping aside anything else that happens."""
         pt.cont_syscall(pid)
+        self.wait_syscall_stop(pid)
+
+    def wait_syscall_stop(self, pid: int) -> None:
+        """Wait for ``pid``, resumed with PTRACE_SYSCALL, to reach its next syscall stop."""
         while True:
             try:
                 _, status = os.waitpid(pid, pt.WALL)

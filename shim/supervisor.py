@@ -210,8 +210,7 @@ class Supervisor:
                         self.parent[pt.geteventmsg(pid)] = pid
                     execs.on_fork(pid)
                 elif event == pt.PTRACE_EVENT_EXEC:
-                    # Success: nothing to restore. Resuming with CONT (not SYSCALL) also skips
-                    # this exec's syscall-exit stop.
+                    # Success: nothing to restore.
                     execs.done(pid)
                     former = pt.geteventmsg(pid)
                     if former != pid:  # a non-leader thread exec'd and took the leader's pid
@@ -219,7 +218,7 @@ class Supervisor:
                         self.started.discard(former)
                         if former in self.exec_time:
                             self.exec_time[pid] = self.exec_time.pop(former)
-                    pt.cont(pid)
+                    execs.exec_event(pid, former)
                 elif event == pt.PTRACE_EVENT_STOP:
                     self._on_stop(pid, sig)
                 else:

@@ -158,6 +158,13 @@ CASES = {
     "native-parent-small-stacks": "/opt/stackexec 60 /bin/true",
     "native-parent-small-stacks-20k": "/opt/stackexec 12 /bin/true $(seq 1 20000)",
     "threads": "/opt/threads_exec /bin/uname -m",
+    # Process names (/proc/PID/comm): the executed path's basename, 15 bytes; a script's own.
+    "comm": "cat /proc/self/comm; cd /bin && ./cat /proc/self/comm; "
+            "/opt/busybox-arm64 cat /proc/self/comm; "
+            "cp /bin/cat /tmp/a-name-of-more-than-sixteen-bytes; "
+            "/tmp/a-name-of-more-than-sixteen-bytes /proc/self/comm; "
+            "printf '#!/bin/sh\\ncat /proc/$$/comm\\n' > /tmp/named; chmod +x /tmp/named; "
+            "/tmp/named; /bin/sh -c 'cat /proc/$$/comm'",
 }
 
 

@@ -1,0 +1,105 @@
+"""The process name (/proc/PID/comm) of an emulated program: the kernel's, not qemu's.
+
+Under binfmt_misc the kernel names the process after the path that was executed (the basename,
+15 bytes; for a script the script's), so ``ps``, ``pgrep``, ``killall`` and
+``start-stop-daemon --name`` find it. Our rewritten exec runs the emulator by its own path, so
+the kernel names it ``qemu-aarch64-st``. At the emulated exec's syscall-exit stop the new image
+has not run an instruction yet: we make it call ``prctl(PR_SET_NAME, name)`` from a ``syscall``
+instruction inside the emulator's own code and put its registers back. Only a process may rename
+itself (/proc/PID/comm of another process is read-only), hence the injected call.
+
+The instruction's place is found once per emulator file: its offset from the entry point, which
+is where a static(-pie) emulator stands at that stop whatever its load address.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from . import inject as ij
+from . import ptrace as pt
+
+COMM_LEN = 15  # TASK_COMM_LEN - 1
+PR_SET_NAME = 15
+_PT_LOAD, _PT_INTERP, _PF_X = 1, 3, 1
+_SCAN_MAX = 1 << 20  # a syscall instruction is near the start of any emulator's code
+
+
+def kernel_name(path: bytes) -> bytes:
+    """What the kernel sets as comm for an exec of ``path`` (kbasename, truncated)."""
+    return path.rsplit(b"/", 1)[-1][:COMM_LEN]
+
+
+def syscall_offset(fd: int) -> int | None:
+    """The offset from the entry point of a ``syscall`` (0f 05) in the executable segment of
+    the x86_64 ELF open at ``fd``; None for a dynamically linked emulator (it stands in its
+    loader at the stop) or where none is found."""
+    try:
+        ehdr = os.pread(fd, 64, 0)
+        if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2:
+            return None
+        entry, phoff = struct.unpack_from("<QQ", ehdr, 24)
+        phentsize, phnum = struct.unpack_from("<HH", ehdr, 54)
+        table = os.pread(fd, phentsize * phnum, phoff)
+        segments = []
+        for i in range(phnum):
+            p_type, p_flags, p_offset, p_vaddr, _, p_filesz = struct.unpack_from(
+                "<IIQQQQ", table, i * phentsize)
+            if p_type == _PT_INTERP:
+                return None
+            if p_type == _PT_LOAD and p_flags & _PF_X:
+                segments.append((p_offset, p_vaddr, p_filesz))
+        for p_offset, p_vaddr, p_filesz in segments:
+            code = os.pread(fd, min(p_filesz, _SCAN_MAX), p_offset)
+            at = code.find(b"\x0f\x05")
+            if at >= 0:
+                offset: int = p_vaddr + at - entry
+                return offset
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+class Namer:
+    """Renames emulated processes at their exec; ``offsets`` per emulator path."""
+
+    def __init__(self, inj: ij.Injector, mem: pt.TraceeMemory, root: str) -> None:
+        self.inj = inj
+        self.mem = mem
+        self.root = root  # where the emulator paths are, as we see them
+        self.offsets: dict[bytes, int | None] = {}
+
+    def offset(self, emulator: bytes) -> int | None:
+        if emulator not in self.offsets:
+            off = None
+            try:
+                root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    fd = pt.open_in_root(root_fd, emulator, os.O_RDONLY)
+                finally:
+                    os.close(root_fd)
+                try:
+                    off = syscall_offset(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+            self.offsets[emulator] = off
+        return self.offsets[emulator]
+
+    def rename(self, pid: int, name: bytes, offset: int) -> None:
+        """``pid`` is at the exec event of its emulated exec: run it to the exec's
+        syscall-exit stop, have it call prctl(PR_SET_NAME) there and let it go on."""
+        regs = pt.UserRegs()
+        pt.cont_syscall(pid)
+        self.inj.wait_syscall_stop(pid)
+        pt.getregs(pid, regs)
+        at = ij.copy_regs(regs)
+        name_at = (regs.rsp - 512) & ~15  # the new stack is mapped well below its top
+        self.mem.write(pid, name_at, name + b"\0")
+        # call() runs a syscall instruction 2 bytes before rip: point it at the emulator's.
+        at.rip = regs.rip + offset + ij.SYSCALL_INSN_LEN
+        self.inj.call(pid, at, ij.NR_PRCTL, PR_SET_NAME, name_at, at_entry=False)
+        pt.setregs(pid, regs)
+        self.inj.cont(pid)
