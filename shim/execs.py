@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-from . import blind, comm
+from . import blind, comm, handoff
 from . import inject as ij
 from . import ptrace as pt
 from .plan import Leave, NeedView, Plan, Planner, errname
@@ -26,6 +26,7 @@ _RED_ZONE = 128
 # page is at least that big, so a write that misses the stack faults instead of landing in the
 # mapping below. Bigger ones, and any that fault, go to a mapping made for them.
 _STACK_WRITE_MAX = 4096 - _RED_ZONE
+_U64 = (1 << 64) - 1
 _TRACE_ARG_MAX = 1 << 16  # longer arguments are shown cut off, with a marker
 
 
@@ -54,7 +55,8 @@ class Execs:
         self.mem = pt.TraceeMemory()
         self.regs = pt.UserRegs()
         self.inj = ij.Injector()
-        self.saved: dict[int, tuple[int, int, int]] = {}  # pid -> rdi, rsi, rdx before a rewrite
+        # pid -> rdi, rsi, rdx, r10, r8 and the call before a rewrite
+        self.saved: dict[int, tuple[int, int, int, int, int, int]] = {}
         self.retry: dict[int, _Retry] = {}
         self.roots_known: set[int] = set()  # tracees /proc hides whose root is provably ours
         self.scratch: dict[int, tuple[int, int]] = {}  # pid -> mapping made for its new argv
@@ -69,10 +71,15 @@ class Execs:
         # pid -> (name, syscall offset) for its emulated exec: see shim/comm.py.
         self.names: dict[int, tuple[bytes, int]] = {}
         self.namer = comm.Namer(self.inj, self.mem, planner.own_root)
+        # pid -> descriptor of its emulator in it, for an exec that cannot reach it by path.
+        self.emu_fds: dict[int, int] = {}
+        self.handoff = handoff.Handoff(self.inj, self.mem, planner.own_root)
 
     def done(self, pid: int) -> None:
         """``pid`` exec'd: nothing to restore, and memory made for the exec went with it."""
         self.saved.pop(pid, None)
+        if self.emu_fds:
+            self.emu_fds.pop(pid, None)  # close-on-exec: gone with the exec
         if self.emulating:
             self.emulating.pop(pid, None)
         if self.undump:
@@ -99,6 +106,8 @@ class Execs:
         self.saved.pop(pid, None)
         if self.names:
             self.names.pop(pid, None)
+        if self.emu_fds:
+            self.emu_fds.pop(pid, None)
         if self.retry or self.roots_known or self.scratch or self.emulating or self.unmap_later:
             self.undump.pop(pid, None)
             self.retry.pop(pid, None)
@@ -118,14 +127,20 @@ class Execs:
                 area = None
                 if self.names:
                     self.names.pop(pid, None)
+                fd = self.emu_fds.pop(pid, None) if self.emu_fds else None
+                if (saved is not None and fd is None and regs.rax == (-errno.ENOENT) & _U64
+                        and self._hand_over_late(pid, regs, saved, prior)):
+                    return
                 if saved is not None:
-                    regs.rdi, regs.rsi, regs.rdx = saved
+                    regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, _ = saved
                     if self.trace is not None:
                         self.trace.exec(pid, self.traced_parent(pid), self.emulating.pop(pid, b""),
                                         [], "failed", errno=errname((1 << 64) - regs.rax))
                     area = self.scratch.pop(pid, None)
-                if area is not None or prior is not None:
+                if area is not None or prior is not None or fd is not None:
                     at = ij.copy_regs(regs)
+                    if fd is not None:
+                        self.inj.call(pid, at, handoff.NR_CLOSE, fd, at_entry=False)
                     if area is not None:
                         self.inj.call(pid, at, ij.NR_MUNMAP, *area, at_entry=False)
                     if prior is not None:  # as not dumpable as before we made it so
@@ -222,9 +237,13 @@ class Execs:
                 self._trace_leave(pid, shown, argv_p, outcome)
             self._resume(pid)
             return
+        fd = self.emu_fds.get(pid) if self.emu_fds else None
+        if outcome.elsewhere and fd is None:
+            self._hand_over(pid, regs, shown, outcome.emulator)
+            return
         try:
             argv_ptrs = self.mem.read_pointers(pid, argv_p, first=argv_head)
-            self._rewrite(pid, outcome, path_p, argv_ptrs, envp_p)
+            self._rewrite(pid, outcome, path_p, argv_ptrs, envp_p, fd)
         except _NeedMemory as need:
             self._map_and_rerun(pid, regs, shown, need.args[0])
             return
@@ -297,6 +316,42 @@ class Execs:
             self._refuse(pid, at, path or b"?", errno.EPERM,
                          f"its memory cannot be read ({e.strerror})", entry)
 
+    def _hand_over(self, pid: int, regs: pt.UserRegs, path: bytes, emulator: bytes) -> None:
+        """Give a tracee that cannot reach its emulator by path a descriptor of it
+        (shim/handoff.py), and send the exec round again to run it through that."""
+        at = ij.copy_regs(regs)
+        try:
+            self.emu_fds[pid] = self.handoff.fetch(pid, at, emulator, entry=True)
+        except blind.Refusal as r:
+            self._refuse(pid, at, path, r.errno, r.cause, False)
+            return
+        self.inj.rerun(pid, at, at_entry=False)
+
+    def _hand_over_late(
+        self, pid: int, regs: pt.UserRegs, saved: tuple[int, ...], prior: int | None
+    ) -> bool:
+        """The rewritten exec found no emulator at its path (a mount namespace of the tracee's
+        own hides it): hand it a descriptor and run the exec again through that. False: the
+        failure stands."""
+        try:
+            emulator = self.mem.read_cstring(pid, regs.rdi)
+        except OSError:
+            return False
+        if emulator not in self.emulators.values():
+            return False
+        at = ij.copy_regs(regs)
+        at.rdi, at.rsi, at.rdx, at.r10, at.r8, at.orig_rax = saved
+        try:
+            self.emu_fds[pid] = self.handoff.fetch(pid, at, emulator, entry=False)
+        except blind.Refusal:
+            return False
+        if prior is not None:
+            self.undump[pid] = prior
+        if self.emulating:
+            self.emulating.pop(pid, None)
+        self.inj.rerun(pid, at, at_entry=False)
+        return True
+
     def _map_and_rerun(self, pid: int, regs: pt.UserRegs, path: bytes, size: int) -> None:
         """Make a mapping in the tracee for a new argv that will not fit below its stack
         pointer, and send the exec round again to use it (unmapped if the exec fails)."""
@@ -347,7 +402,8 @@ class Execs:
         self._resume(pid)
 
     def _rewrite(
-        self, pid: int, plan: Plan, path_p: int, argv_ptrs: list[int], envp_p: int
+        self, pid: int, plan: Plan, path_p: int, argv_ptrs: list[int], envp_p: int,
+        fd: int | None = None,
     ) -> None:
         """Write the new argv below the tracee's stack pointer and point execve at it.
 
@@ -375,6 +431,9 @@ class Execs:
                 continue
             offsets.append(len(blob))
             blob += s + b"\0"
+        empty = len(blob)  # execveat's "" when the emulator is run through a descriptor
+        if fd is not None:
+            blob += b"\0"
         tail = argv_ptrs[1:]
         nptrs = len(strings) + len(tail) + 1
         size = nptrs * 8 + len(blob)
@@ -395,11 +454,19 @@ class Execs:
             if e.errno in (errno.EFAULT, errno.EIO) and area is None:
                 raise _NeedMemory(size) from None  # the stack ends within a page below sp
             raise
-        self.saved[pid] = (regs.rdi, regs.rsi, regs.rdx)
-        regs.orig_rax = pt.NR_EXECVE
-        regs.rdi = ptrs[0]
-        regs.rsi = base
-        regs.rdx = envp_p
+        self.saved[pid] = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.orig_rax)
+        if fd is None:
+            regs.orig_rax = pt.NR_EXECVE
+            regs.rdi = ptrs[0]
+            regs.rsi = base
+            regs.rdx = envp_p
+        else:
+            regs.orig_rax = pt.NR_EXECVEAT
+            regs.rdi = fd
+            regs.rsi = str_base + empty
+            regs.rdx = base
+            regs.r10 = envp_p
+            regs.r8 = pt.AT_EMPTY_PATH
         pt.setregs(pid, regs)
 
     def _strings(self, pid: int, ptrs: list[int]) -> list[bytes]:

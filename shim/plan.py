@@ -38,6 +38,7 @@ class Plan(NamedTuple):
     head: list[bytes]  # new argv up to the caller's argv[1:]
     path_override: bytes | None  # the script/program path when the caller's cannot be reused
     scripts: list[Script]
+    elsewhere: bool = False  # the tracee's root is not the command's: the emulator's path fails
 
 
 class Leave(NamedTuple):
@@ -106,6 +107,7 @@ class Planner:
         self.kinds: dict[bytes, Kind] = {}
         self.view: View | None = None  # set while planning the exec of a tracee /proc hides
         self.busy = False  # a file of the exec being planned is open for writing somewhere
+        self.own_ident: tuple[int, int] | None = None
 
     def needs(self, pid: int, dirfd: int, path: bytes, root_known: bool) -> NeedView | None:
         """What a tracee whose /proc entries we cannot open must tell us before this exec."""
@@ -138,7 +140,14 @@ class Planner:
         except OSError as e:
             return Leave("kernel", f"cannot see the tracee's root: {e.strerror}")
         try:
-            return self._plan_in(pid, root_fd, dirfd, path, flags)
+            out = self._plan_in(pid, root_fd, dirfd, path, flags)
+            if isinstance(out, Plan) and self.view is None:
+                st = os.fstat(root_fd)
+                if self.own_ident is None:
+                    self.own_ident = self.root_ident()
+                if (st.st_dev, st.st_ino) != self.own_ident:
+                    return out._replace(elsewhere=True)
+            return out
         except _Hidden as e:
             return Leave("refused", str(e), None, errno.EACCES)
         finally:

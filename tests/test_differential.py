@@ -165,6 +165,20 @@ CASES = {
             "/tmp/a-name-of-more-than-sixteen-bytes /proc/self/comm; "
             "printf '#!/bin/sh\\ncat /proc/$$/comm\\n' > /tmp/named; chmod +x /tmp/named; "
             "/tmp/named; /bin/sh -c 'cat /proc/$$/comm'",
+    # Nested roots: the emulator is reached from a chroot, and from a mount namespace whose
+    # /dev (where `xshim run` keeps it) is a fresh tmpfs, as binfmt_misc's F flag does.
+    "chroot-foreign": "rm -rf /tmp/sub; mkdir -p /tmp/sub/bin; "
+                      "cp /opt/busybox-arm64 /tmp/sub/bin/busybox; ln -s busybox /tmp/sub/bin/sh; "
+                      "chroot /tmp/sub /bin/busybox echo in; echo $?; "
+                      "chroot /tmp/sub /bin/busybox uname -m; "
+                      "chroot /tmp/sub /bin/busybox true $(seq 1 20000); echo $?; "
+                      "chroot /tmp/sub /bin/sh -c 'exit 3'; echo $?; "
+                      "chroot /tmp/sub /bin/nonexistent 2>&1 | sed 's/^.*: //'; "
+                      "cp /tmp/sub/bin/busybox /tmp/sub/bin/a-name-of-more-than-sixteen; "
+                      "chroot /tmp/sub /bin/a-name-of-more-than-sixteen echo $?",
+    "unshare-fresh-dev": "unshare --propagation unchanged -m sh -c 'mount --make-rprivate /dev "
+                         "&& mount -t tmpfs none /dev && uname -m && ls -A /dev | wc -l && "
+                         "cat /proc/self/comm'; echo $?",
 }
 
 
