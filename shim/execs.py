@@ -364,7 +364,7 @@ class Execs:
             self._refuse(pid, at, path, -addr, "no memory for its argument list", False)
             return
         self.scratch[pid] = (addr, length)
-        parent = _parent_sharing_memory(pid)
+        parent = pt.parent_sharing_memory(pid)
         if parent:
             self.sharer[pid] = parent
         self.inj.rerun(pid, at, at_entry=False)
@@ -508,16 +508,3 @@ class Execs:
         )
         sys.stderr.flush()
 
-
-def _parent_sharing_memory(pid: int) -> int:
-    """The parent of ``pid`` if the two share their memory (a vfork or posix_spawn child), else
-    0, also where the kernel will not compare them for us."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"PPid:"):
-                    ppid = int(line.split()[1])
-                    return ppid if ppid and pt.same_memory(pid, ppid) else 0
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0

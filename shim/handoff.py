@@ -9,15 +9,15 @@ the tracee is given a descriptor of the emulator, and its exec becomes
 Descriptors cross processes only over a unix socket: the supervisor listens on an abstract one
 (abstract names belong to the network namespace, not to any root or mount), and the tracee is
 made to connect, receive the descriptor (SCM_RIGHTS, close-on-exec) and close the socket by
-injected calls. Only the connection whose peer is the tracee gets it.
+injected calls. Only the connection whose peer is the tracee gets it. (Plain libc calls rather
+than the socket module, which the frozen shim leaves out to start faster.)
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import errno
 import os
-import socket
 import struct
 
 from . import inject as ij
@@ -31,6 +31,20 @@ NR_RECVMSG = 47
 _SOCK_CLOEXEC = 0o2000000
 _MSG_CMSG_CLOEXEC = 0x40000000
 _SCRATCH = 4096
+AF_UNIX = 1
+SOCK_STREAM = 1
+_SOCK_NONBLOCK = 0o4000
+SOL_SOCKET = 1
+SCM_RIGHTS = 1
+_SO_PEERCRED = 17
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(r: int, what: str) -> int:
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+    return r
 
 
 class Handoff:
@@ -38,7 +52,7 @@ class Handoff:
         self.inj = inj
         self.mem = mem
         self.root = root  # where the emulator paths are, as we see them
-        self.listener: socket.socket | None = None
+        self.listener: int | None = None  # our listening socket
         self.address = b"\0xshim-emulator-%d-%s" % (os.getpid(), os.urandom(8).hex().encode())
         self.files: dict[bytes, int] = {}  # emulator path -> our descriptor of it
 
@@ -52,13 +66,18 @@ class Handoff:
                 os.close(root_fd)
         return fd
 
-    def _listen(self) -> socket.socket:
+    def _listen(self) -> int:
         if self.listener is None:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            s.bind(self.address)
-            s.listen(16)
-            s.setblocking(False)
-            self.listener = s
+            fd = _check(_libc.socket(AF_UNIX, SOCK_STREAM | _SOCK_CLOEXEC | _SOCK_NONBLOCK, 0),
+                        "socket")
+            sun = struct.pack("<H", AF_UNIX) + self.address
+            try:
+                _check(_libc.bind(fd, sun, len(sun)), "bind")
+                _check(_libc.listen(fd, 16), "listen")
+            except OSError:
+                os.close(fd)
+                raise
+            self.listener = fd
         return self.listener
 
     def fetch(self, pid: int, at: pt.UserRegs, emulator: bytes, *, entry: bool) -> int:
@@ -81,16 +100,16 @@ class Handoff:
             self.inj.call(pid, at, ij.NR_MUNMAP, addr, _SCRATCH, at_entry=False)
 
     def _fetch(
-        self, pid: int, at: pt.UserRegs, addr: int, ours: int, listener: socket.socket
+        self, pid: int, at: pt.UserRegs, addr: int, ours: int, listener: int
     ) -> int:
-        sun = struct.pack("<H", socket.AF_UNIX) + self.address
+        sun = struct.pack("<H", AF_UNIX) + self.address
         msg, iov, control, data = addr + 256, addr + 320, addr + 352, addr + 400
         self.mem.write(pid, addr, sun)
         # struct msghdr: name, namelen, iov, iovlen, control, controllen, flags
         self.mem.write(pid, msg, struct.pack("<QQQQQQQ", 0, 0, iov, 1, control, 24, 0))
         self.mem.write(pid, iov, struct.pack("<QQ", data, 1))
-        s = self.inj.call(pid, at, NR_SOCKET, socket.AF_UNIX,
-                          socket.SOCK_STREAM | _SOCK_CLOEXEC, 0, at_entry=False)
+        s = self.inj.call(pid, at, NR_SOCKET, AF_UNIX, SOCK_STREAM | _SOCK_CLOEXEC, 0,
+                          at_entry=False)
         if s < 0:
             raise Refusal(-s, f"socket() in the tracee failed: {os.strerror(-s)}")
         try:
@@ -103,26 +122,44 @@ class Handoff:
             if n < 0:
                 raise Refusal(-n, f"recvmsg() in the tracee failed: {os.strerror(-n)}")
             _, level, kind, fd = struct.unpack("<QiiI", self.mem.read(pid, control, 20))
-            if (level, kind) != (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+            if (level, kind) != (SOL_SOCKET, SCM_RIGHTS):
                 raise Refusal(errno.EIO, "its emulator's descriptor did not arrive")
             return int(fd)
         finally:
             self.inj.call(pid, at, NR_CLOSE, s, at_entry=False)
 
-    def _send(self, pid: int, listener: socket.socket, ours: int) -> None:
+    def _send(self, pid: int, listener: int, ours: int) -> None:
         """Send the descriptor on the connection the tracee made (its connect() has returned,
         so it is queued); anyone else's is closed unanswered."""
         tgid = _tgid(pid)
+        cred = ctypes.create_string_buffer(12)
+        size = ctypes.c_uint32(12)
         while True:
+            conn = _libc.accept4(listener, None, None, _SOCK_CLOEXEC)
+            if conn < 0:
+                raise Refusal(errno.EIO, "its connection to the supervisor was lost")
             try:
-                conn, _ = listener.accept()
-            except BlockingIOError:
-                raise Refusal(errno.EIO, "its connection to the supervisor was lost") from None
-            with contextlib.closing(conn):
-                cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-                if struct.unpack("<iII", cred)[0] == tgid:
-                    socket.send_fds(conn, [b"x"], [ours])
+                size.value = 12
+                _check(_libc.getsockopt(conn, SOL_SOCKET, _SO_PEERCRED, cred,
+                                        ctypes.byref(size)), "getsockopt")
+                if struct.unpack("<iII", cred.raw)[0] == tgid:
+                    _send_fd(conn, ours)
                     return
+            except OSError as e:
+                raise Refusal(e.errno or errno.EIO, f"cannot send its emulator: {e}") from None
+            finally:
+                os.close(conn)
+
+
+def _send_fd(conn: int, fd: int) -> None:
+    """sendmsg(conn, one byte, SCM_RIGHTS [fd])."""
+    data = ctypes.create_string_buffer(b"x", 1)
+    iov = ctypes.create_string_buffer(struct.pack("<QQ", ctypes.addressof(data), 1), 16)
+    control = ctypes.create_string_buffer(
+        struct.pack("<QiiI", 20, SOL_SOCKET, SCM_RIGHTS, fd) + bytes(4), 24)
+    msg = ctypes.create_string_buffer(struct.pack(
+        "<QQQQQQQ", 0, 0, ctypes.addressof(iov), 1, ctypes.addressof(control), 24, 0), 56)
+    _check(_libc.sendmsg(conn, msg, 0), "sendmsg")
 
 
 def _tgid(pid: int) -> int:

@@ -414,6 +414,20 @@ def same_memory(a: int, b: int) -> bool:
     return r == 0
 
 
+def parent_sharing_memory(pid: int) -> int:
+    """The parent of ``pid`` if the two share their memory (a vfork or posix_spawn child), else
+    0, also where the kernel will not compare them for us."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"PPid:"):
+                    ppid = int(line.split()[1])
+                    return ppid if ppid and same_memory(pid, ppid) else 0
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def set_no_new_privs() -> None:
     if _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         _raise("prctl(PR_SET_NO_NEW_PRIVS)")
