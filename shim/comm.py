@@ -96,10 +96,18 @@ class Namer:
         self.inj.wait_syscall_stop(pid)
         pt.getregs(pid, regs)
         at = ij.copy_regs(regs)
-        name_at = (regs.rsp - 512) & ~15  # the new stack is mapped well below its top
-        self.mem.write(pid, name_at, name + b"\0")
+        # The name goes where sp points (argc and argv[0], the only memory sure to be mapped:
+        # the stack may end right below sp) and what was there is put back afterwards.
+        name_at = regs.rsp
+        try:
+            under = self.mem.read(pid, name_at, len(name) + 1)
+            self.mem.write(pid, name_at, name + b"\0")
+        except OSError:
+            self.inj.cont(pid)  # cannot write to it: it keeps the emulator's name
+            return
         # call() runs a syscall instruction 2 bytes before rip: point it at the emulator's.
         at.rip = regs.rip + offset + ij.SYSCALL_INSN_LEN
         self.inj.call(pid, at, ij.NR_PRCTL, PR_SET_NAME, name_at, at_entry=False)
+        self.mem.write(pid, name_at, under)
         pt.setregs(pid, regs)
         self.inj.cont(pid)

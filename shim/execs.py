@@ -237,7 +237,9 @@ class Execs:
                 self._trace_leave(pid, shown, argv_p, outcome)
             self._resume(pid)
             return
-        fd = self.emu_fds.get(pid) if self.emu_fds else None
+        # Taken for this round only: a descriptor not used now (the exec was left to the
+        # kernel after all) is never used later, when its number may name another file.
+        fd = self.emu_fds.pop(pid, None) if self.emu_fds else None
         if outcome.elsewhere and fd is None:
             self._hand_over(pid, regs, shown, outcome.emulator)
             return
@@ -245,6 +247,8 @@ class Execs:
             argv_ptrs = self.mem.read_pointers(pid, argv_p, first=argv_head)
             self._rewrite(pid, outcome, path_p, argv_ptrs, envp_p, fd)
         except _NeedMemory as need:
+            if fd is not None:
+                self.emu_fds[pid] = fd
             self._map_and_rerun(pid, regs, shown, need.args[0])
             return
         except OSError as e:
@@ -468,6 +472,8 @@ class Execs:
             regs.r10 = envp_p
             regs.r8 = pt.AT_EMPTY_PATH
         pt.setregs(pid, regs)
+        if fd is not None:
+            self.emu_fds[pid] = fd  # closed by the exec, or by us if it fails
 
     def _strings(self, pid: int, ptrs: list[int]) -> list[bytes]:
         out = []
