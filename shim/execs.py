@@ -262,8 +262,8 @@ class Execs:
                 extra["script"] = [s.interpreter.decode(errors="replace") for s in outcome.scripts]
             trace.exec(pid, self.traced_parent(pid), shown, argv, "emulate", **extra)
             self.emulating[pid] = shown
-        if shown is path:  # not through a descriptor: those the kernel names after qemu too
-            self._name(pid, path, outcome.emulator)
+        if path:  # fexecve (an empty path): the kernel names it after the file, qemu's too
+            self._name(pid, shown, outcome.emulator)
         pt.cont_syscall(pid)
 
     def _name(self, pid: int, path: bytes, emulator: bytes) -> None:

@@ -164,7 +164,10 @@ CASES = {
             "cp /bin/cat /tmp/a-name-of-more-than-sixteen-bytes; "
             "/tmp/a-name-of-more-than-sixteen-bytes /proc/self/comm; "
             "printf '#!/bin/sh\\ncat /proc/$$/comm\\n' > /tmp/named; chmod +x /tmp/named; "
-            "/tmp/named; /bin/sh -c 'cat /proc/$$/comm'",
+            "/tmp/named; /bin/sh -c 'cat /proc/$$/comm'; "
+            "/opt/native-execveat_empty /bin/cat /proc/self/comm; "
+            "/opt/native-execveat_dirfd /bin/cat /proc/self/comm; "
+            "/opt/native-execveat_dirfd /tmp/named; /opt/native-execveat_empty /tmp/named",
     # Nested roots: the emulator is reached from a chroot, and from a mount namespace whose
     # /dev (where `xshim run` keeps it) is a fresh tmpfs, as binfmt_misc's F flag does.
     "chroot-foreign": "rm -rf /tmp/sub; mkdir -p /tmp/sub/bin; "
