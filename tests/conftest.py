@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +28,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _no_binfmt_handler(request: pytest.FixtureRequest) -> None:
-    """Every integration test first proves the kernel would not have run foreign code itself."""
-    if request.node.get_closest_marker("integration") or request.node.get_closest_marker("docker"):
-        from support.foreign import assert_no_binfmt
-        from xshim.shim.arch import ARCHES, host_arch, natively_runs
+def _no_binfmt_handler(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every integration test first proves the kernel would not have run foreign code itself,
+    and a real build must not have registered a handler on its way either."""
+    marked = request.node.get_closest_marker("docker")
+    if request.node.get_closest_marker("integration") or marked:
+        _assert_no_binfmt()
+    yield
+    if marked:
+        _assert_no_binfmt()
 
-        host = host_arch()
-        assert_no_binfmt([a.name for a in ARCHES if not natively_runs(host, a)])
+
+def _assert_no_binfmt() -> None:
+    from support.foreign import assert_no_binfmt
+    from xshim.shim.arch import ARCHES, host_arch, natively_runs
+
+    host = host_arch()
+    assert_no_binfmt([a.name for a in ARCHES if not natively_runs(host, a)])
 
 
 # The real-build fixtures (one instance of each builder per test session), for test_builds*.py.

@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -57,15 +57,6 @@ CASES = (
 
 def _tag(debian_arch: str) -> str:
     return f"xshim-test/debian:{debian_arch}"
-
-
-# --- builders (private, as in test_builds.py) ---------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _no_binfmt_after() -> Iterator[None]:
-    yield
-    builders.assert_no_binfmt(PLATFORMS)
 
 
 # The builders are the session's (tests/support/buildfix.py, through conftest.py).

@@ -61,12 +61,6 @@ BUILDERS = ["buildah", "docker"]
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _no_binfmt_after() -> Iterator[None]:
-    yield
-    builders.assert_no_binfmt(("linux/arm64", "linux/arm/v7"))
-
-
 @pytest.fixture(scope="module")
 def registry() -> Iterator[multiarch.Registry]:
     with multiarch.registry() as r:

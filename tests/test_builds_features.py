@@ -141,12 +141,6 @@ def features_dockerfile(builder: str) -> str:
     return HEAD.format(arch=arch) + steps + "\n" + STAGE2.format(arch=arch)
 
 
-@pytest.fixture(autouse=True)
-def _no_binfmt_after() -> Iterator[None]:
-    yield
-    builders.assert_no_binfmt((PLATFORM,))
-
-
 @dataclass
 class Built:
     kind: Kind

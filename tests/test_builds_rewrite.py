@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,12 +78,6 @@ KINDS = [
     Kind("buildah", "mount"),
     Kind("buildah", "mount", named_context=True),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _no_binfmt_after() -> Iterator[None]:
-    yield
-    builders.assert_no_binfmt(("linux/arm64",))
 
 
 # The builders are the session's (tests/support/buildfix.py, through conftest.py).
