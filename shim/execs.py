@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-from . import blind, comm, handoff
+from . import blind, comm, handoff, limits
 from . import inject as ij
 from . import ptrace as pt
 from .plan import Leave, NeedView, Plan, Planner, errname
@@ -190,6 +190,8 @@ class Execs:
             if nr == pt.NR_CLONE:  # with CLONE_UNTRACED (the filter's test): keep it traced
                 regs.rdi &= ~pt.CLONE_UNTRACED
                 pt.setregs(pid, regs)
+            elif nr == pt.NR_PTRACE:  # trapped only to say why it fails (EPERM, one tracer)
+                self._say(limits.ptrace_note(_comm(pid)))
             pt.cont(pid)
             return
         retry = self.retry.pop(pid, None) if self.retry else None
@@ -213,6 +215,15 @@ class Execs:
             shown = b"/dev/fd/%d" % dirfd + (b"/" + path if path else b"")
         outcome = self.planner.plan(pid, dirfd, path, flags, retry.view if retry else None,
                                     pid in self.roots_known)
+        if self.planner.notes:
+            for note in self.planner.notes:
+                self._say(note)
+            self.planner.notes.clear()
+        if isinstance(outcome, Plan) or (isinstance(outcome, Leave) and
+                                         outcome.decision == "native"):
+            tracer = limits.tracer_note(path, isinstance(outcome, Plan))
+            if tracer:
+                self._say(tracer)
         if isinstance(outcome, NeedView):
             if retry is None:
                 self._prepare(pid, regs, dirfd, path_p, flags, path)
@@ -502,6 +513,14 @@ class Execs:
             extra["available"] = sorted(self.emulators)
         self.trace.exec(pid, self.traced_parent(pid), path, argv, out.decision, **extra)
 
+    def _say(self, note: str) -> None:
+        """A limit met, said once per run."""
+        if note in self.warned:
+            return
+        self.warned.add(note)
+        sys.stderr.write(f"xshim: {note}\n")
+        sys.stderr.flush()
+
     def _warn_refused(self, path: bytes, out: Leave) -> None:
         need = out.arch.name if out.arch else "unknown"
         if need in self.warned:
@@ -514,3 +533,10 @@ class Execs:
         )
         sys.stderr.flush()
 
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().strip().decode(errors="replace") or f"process {pid}"
+    except OSError:
+        return f"process {pid}"

@@ -14,6 +14,7 @@ import os
 import stat
 from typing import NamedTuple
 
+from . import limits
 from . import ptrace as pt
 from .arch import Arch, host_arch
 from .blind import View
@@ -108,6 +109,7 @@ class Planner:
         self.view: View | None = None  # set while planning the exec of a tracee /proc hides
         self.busy = False  # a file of the exec being planned is open for writing somewhere
         self.own_ident: tuple[int, int] | None = None
+        self.notes: list[str] = []  # limits met while planning, for the caller to say once
 
     def needs(self, pid: int, dirfd: int, path: bytes, root_known: bool) -> NeedView | None:
         """What a tracee whose /proc entries we cannot open must tell us before this exec."""
@@ -372,6 +374,10 @@ class Planner:
                 return Leave("kernel", "EACCES: not a regular file")
             if not self._may_execute(pid, st):
                 return Leave("kernel", "EACCES: no execute permission")
+            if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                note = limits.setid_note(pid, lookup, st)
+                if note:
+                    self.notes.append(note)
             if os.fstatvfs(fd).f_flag & os.ST_NOEXEC:
                 return Leave("kernel", "EACCES: noexec mount")
             header = os.pread(fd, HEADER_SIZE, 0)

@@ -44,6 +44,7 @@ PTRACE_EVENT_STOP = 128
 WALL = 0x40000000  # __WALL: wait for threads too
 
 # x86_64 syscall numbers.
+NR_PTRACE = 101
 NR_CLONE = 56
 NR_EXECVE = 59
 NR_EXECVEAT = 322
@@ -441,13 +442,16 @@ def install_exec_filter() -> None:
     A clone() with CLONE_UNTRACED is trapped too, for the tracer to clear the flag: an untraced
     child's execs would meet this filter's RET_TRACE with no tracer, which fails them (ENOSYS).
     clone3() keeps its flags in memory the filter cannot see; it is let through.
+    ptrace() is trapped (it is rare) only so that the tracer can say why it fails: the process
+    already has a tracer.
     """
     prog = [
         (_BPF_LD_W_ABS, 0, 0, 4),  # A = seccomp_data.arch
-        (_BPF_JEQ_K, 0, 6, AUDIT_ARCH_X86_64),
+        (_BPF_JEQ_K, 0, 7, AUDIT_ARCH_X86_64),
         (_BPF_LD_W_ABS, 0, 0, 0),  # A = seccomp_data.nr
-        (_BPF_JEQ_K, 5, 0, NR_EXECVE),
-        (_BPF_JEQ_K, 4, 0, NR_EXECVEAT),
+        (_BPF_JEQ_K, 6, 0, NR_EXECVE),
+        (_BPF_JEQ_K, 5, 0, NR_EXECVEAT),
+        (_BPF_JEQ_K, 4, 0, NR_PTRACE),
         (_BPF_JEQ_K, 0, 2, NR_CLONE),
         (_BPF_LD_W_ABS, 0, 0, 16),  # A = low half of seccomp_data.args[0], clone's flags
         (_BPF_JSET_K, 1, 0, CLONE_UNTRACED),

@@ -391,12 +391,14 @@ def test_squash_on_an_experimental_daemon_leaves_no_bundle_bytes(
 # builder grants it) cannot read their memory or /proc entries by the usual means; their execs must
 # still be emulated. `timeout` (the image's own, emulated) ends a hung step: a stuck download
 # method must fail the build, not the test session. The step ends with an exec of a file open for
-# writing, which must fail (ETXTBSY) on the builder's own storage too.
+# writing, which must fail (ETXTBSY) on the builder's own storage too, and a set-ID program run by
+# _apt, which must say it keeps _apt's identity.
 APT_DOCKERFILE = f"""\
 FROM --platform={PLATFORM} {BASE_TAG}
 RUN timeout 120 apt-get update \\
  && timeout 120 apt-get install -y --no-install-recommends hello \\
  && hello && su -s /bin/sh _apt -c 'cd /usr && bin/uname -m' \\
+ && su -s /bin/sh _apt -c 'chage -l root >/dev/null 2>&1; true' \\
  && cp /bin/true /tmp/busy && (exec 3>>/tmp/busy; /tmp/busy; echo "busy: $?")
 """
 
@@ -444,6 +446,8 @@ def test_apt_get_install_with_network(
     assert re.search(r"(?m)(^|\s)aarch64\s*$", after), r.output[-3000:]
     assert "Failed to exec method" not in r.output and "cannot emulate" not in r.output
     assert "busy: 126" in r.output, r.output[-3000:]
+    # A set-group-ID program run by a non-root user: it cannot change identity, and a line says so.
+    assert "/usr/bin/chage is set-group-ID (gid 42) but runs as uid" in r.output, r.output[-3000:]
     # The methods' own execs were emulated (the trace names them) and none fell to the kernel.
     assert re.search(r"xshim\[\d+\] \S*/methods/http .*→ qemu-aarch64", r.output), r.output[-3000:]
     b = builder_of(request, kind.builder)

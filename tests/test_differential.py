@@ -64,7 +64,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     for name, path in foreign.guest_programs("arm64").items():
         shutil.copy2(path, opt / name)
     cc = shutil.which("cc") or pytest.skip("no host C compiler")
-    for name in ("stackexec", "untraced", "dropexec"):
+    for name in ("stackexec", "untraced", "dropexec", "traceme"):
         subprocess.run([cc, "-static", "-O2", "-Wall", "-Werror", "-pthread", "-o",
                         str(opt / name), str(NATIVE_SRC / f"{name}.c")], check=True)
     fexecve = Path(__file__).resolve().parent / "guest" / "fexecve.c"
@@ -196,6 +196,32 @@ def test_same_as_binfmt(tree: Path, case: str) -> None:
         f"xshim:  {shim.returncode} {shim.stdout!r} {shim.stderr[-500:]!r}"
     )
     assert "xshim:" not in shim.stderr, shim.stderr[-1000:]
+
+
+def test_set_id_program_runs_as_under_binfmt_and_says_why(tree: Path) -> None:
+    """chage is set-group-ID shadow: run by nobody it cannot read /etc/shadow under either
+    (Debian registers qemu without binfmt_misc's C flag); xshim says why, once."""
+    script = ("setpriv --reuid 65534 --regid 65534 --clear-groups -- "
+              "sh -c 'chage -l root >/dev/null 2>&1; echo $?; chage -l root >/dev/null 2>&1'")
+    kernel = under_binfmt(tree, script)
+    shim = under_xshim(tree, script)
+    assert (shim.returncode, shim.stdout) == (kernel.returncode, kernel.stdout), (kernel, shim)
+    assert kernel.stdout.strip() != "0", kernel
+    notes = [line for line in shim.stderr.splitlines() if "set-group-ID" in line]
+    assert len(notes) == 1, shim.stderr
+    assert "/usr/bin/chage" in notes[0] and "runs as uid 65534" in notes[0], notes
+    # Root's own exec of it changes nothing, so nothing is said.
+    root = under_xshim(tree, "chage -l root >/dev/null; echo $?")
+    assert root.stdout == "0\n" and "set-group-ID" not in root.stderr, root
+
+
+def test_native_ptrace_fails_with_a_note(tree: Path) -> None:
+    """A process has one tracer: under xshim that is the supervisor, so PTRACE_TRACEME fails
+    (the kernel alone lets it succeed); the note says why."""
+    assert under_binfmt(tree, "/opt/traceme").stdout == "0\n"
+    shim = under_xshim(tree, "/opt/traceme; echo $?")
+    assert shim.stdout == "EPERM\n1\n", shim
+    assert "traceme called ptrace, which fails with EPERM" in shim.stderr, shim.stderr
 
 
 @pytest.mark.slow
