@@ -13,13 +13,13 @@ import os
 import struct
 import sys
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import blind, comm, handoff, limits
 from . import inject as ij
 from . import ptrace as pt
-from .plan import Leave, NeedView, Plan, Planner, errname
-from .tracelog import TraceSink
+from .plan import Leave, NeedView, Plan, Planner
+from .tracelog import Decision, TraceSink, errname
 
 _RED_ZONE = 128
 # A new argv is written below the stack pointer only if it stays within one page of it: a guard
@@ -135,7 +135,7 @@ class Execs:
                     regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, _ = saved
                     if self.trace is not None:
                         self.trace.exec(pid, self.traced_parent(pid), self.emulating.pop(pid, b""),
-                                        [], "failed", errno=errname((1 << 64) - regs.rax))
+                                        [], Decision.FAILED, err=(1 << 64) - regs.rax)
                     area = self.scratch.pop(pid, None)
                 if area is not None or prior is not None or fd is not None:
                     at = ij.copy_regs(regs)
@@ -220,7 +220,7 @@ class Execs:
                 self._say(note)
             self.planner.notes.clear()
         if isinstance(outcome, Plan) or (isinstance(outcome, Leave) and
-                                         outcome.decision == "native"):
+                                         outcome.decision is Decision.NATIVE):
             tracer = limits.tracer_note(path, isinstance(outcome, Plan))
             if tracer:
                 self._say(tracer)
@@ -234,15 +234,15 @@ class Execs:
             if pid in self.scratch:  # made for an earlier round of this exec: give it back
                 self._unmap_and_rerun(pid, regs)
                 return
-            if outcome.errno and outcome.decision == "refused":
+            if outcome.answer and outcome.decision is Decision.REFUSED:
                 self._refuse(pid, regs, shown, outcome.errno, outcome.reason, True)
                 return
-            if outcome.errno:  # the kernel's answer under binfmt_misc, given in its place
+            if outcome.answer:  # the kernel's answer under binfmt_misc, given in its place
                 if trace is not None:
                     self._trace_leave(pid, shown, argv_p, outcome)
                 ij.fail_at_entry(pid, regs, outcome.errno, self._undumping(pid))
                 return
-            if outcome.decision == "refused":
+            if outcome.decision is Decision.REFUSED:
                 self._warn_refused(shown, outcome)
             if trace is not None:
                 self._trace_leave(pid, shown, argv_p, outcome)
@@ -267,11 +267,11 @@ class Execs:
             return
         if trace is not None:
             argv = self._strings(pid, argv_ptrs)
-            extra: dict[str, object] = {"emulator": os.path.basename(outcome.emulator).decode(),
+            extra: dict[str, Any] = {"emulator": os.path.basename(outcome.emulator).decode(),
                                         "arch": outcome.arch.name}
             if outcome.scripts:
                 extra["script"] = [s.interpreter.decode(errors="replace") for s in outcome.scripts]
-            trace.exec(pid, self.traced_parent(pid), shown, argv, "emulate", **extra)
+            trace.exec(pid, self.traced_parent(pid), shown, argv, Decision.EMULATE, **extra)
             self.emulating[pid] = shown
         if path:  # fexecve (an empty path): the kernel names it after the file, qemu's too
             self._name(pid, shown, outcome.emulator)
@@ -395,13 +395,12 @@ class Execs:
     ) -> None:
         """Fail an exec we cannot carry out, with ``err`` and a line saying why: never let a
         foreign exec through to the kernel unchanged, where it would fail without a word."""
-        name = errname(err)
         sys.stderr.write(f"xshim: cannot emulate the exec of {path.decode(errors='replace')} by "
-                         f"process {pid}: {cause}; it fails with {name}\n")
+                         f"process {pid}: {cause}; it fails with {errname(err)}\n")
         sys.stderr.flush()
         if self.trace is not None:
-            self.trace.exec(pid, self.traced_parent(pid), path, [], "refused",
-                                reason=cause, errno=name)
+            self.trace.exec(pid, self.traced_parent(pid), path, [], Decision.REFUSED,
+                            reason=cause, err=err)
         if entry:
             ij.fail_at_entry(pid, regs, err, self._undumping(pid))
             return
@@ -411,7 +410,7 @@ class Execs:
         self.inj.finish(pid, regs, -err)
 
     def _leave_after_error(self, pid: int, path: bytes, argv_p: int, e: OSError) -> None:
-        out = Leave("kernel", f"could not rewrite the exec: {e.strerror}")
+        out = Leave(Decision.KERNEL, errno.ENOEXEC, f"could not rewrite the exec: {e.strerror}")
         if self.trace is not None:
             self._trace_leave(pid, path, argv_p, out)
         self._resume(pid)
@@ -504,14 +503,15 @@ class Execs:
             argv = self._strings(pid, self.mem.read_pointers(pid, argv_p))
         except OSError:
             argv = []
-        extra: dict[str, object] = {"reason": out.reason}
-        if out.decision == "kernel":
-            extra["errno"] = out.reason.split(":")[0] if out.reason[:1] == "E" else "ENOEXEC"
+        extra: dict[str, object] = {}
         if out.arch is not None:
             extra["arch"] = out.arch.name
-        if out.decision == "refused":
+        if out.decision is Decision.REFUSED:
             extra["available"] = sorted(self.emulators)
-        self.trace.exec(pid, self.traced_parent(pid), path, argv, out.decision, **extra)
+        # A refusal the kernel answers (no emulator: ENOEXEC) names no errno, as the format says.
+        err = out.errno if out.decision is Decision.KERNEL else 0
+        self.trace.exec(pid, self.traced_parent(pid), path, argv, out.decision, out.reason, err,
+                        **extra)
 
     def _say(self, note: str) -> None:
         """A limit met, said once per run."""
@@ -529,7 +529,7 @@ class Execs:
         have = ", ".join(sorted(self.emulators)) or "none"
         sys.stderr.write(
             f"xshim: {path.decode(errors='replace')} is a {need} program but there is no "
-            f"emulator for {need} (have: {have}); its exec fails with ENOEXEC\n"
+            f"emulator for {need} (have: {have}); its exec fails with {errname(out.errno)}\n"
         )
         sys.stderr.flush()
 

@@ -30,6 +30,7 @@ from .decide import (
     classify,
     emulated_argv,
 )
+from .tracelog import Decision, errname
 
 
 class Plan(NamedTuple):
@@ -43,12 +44,17 @@ class Plan(NamedTuple):
 
 
 class Leave(NamedTuple):
-    decision: str  # "native", "kernel" or "refused"
-    reason: str
+    """An exec that is not rewritten: run natively, left to the kernel, or refused."""
+
+    decision: Decision  # NATIVE, KERNEL or REFUSED
+    # What the exec ends with: 0 when it runs; for KERNEL the kernel's errno where known here,
+    # else ENOEXEC (what the trace has always said for it).
+    errno: int
+    reason: str  # for people: the trace's "reason" and the refusal message
     arch: Arch | None = None
-    # Not 0: the exec fails with this errno without reaching the kernel ("kernel": the kernel's
-    # own answer under binfmt_misc, which it cannot give here; "refused": our limit, said aloud).
-    errno: int = 0
+    # The exec fails with ``errno`` without reaching the kernel (KERNEL: the kernel's own answer
+    # under binfmt_misc, which it cannot give here; REFUSED: our limit, said aloud).
+    answer: bool = False
 
 
 _CAP_DAC_OVERRIDE = 1
@@ -66,8 +72,9 @@ class NeedView(NamedTuple):
     fd: int | None
 
 
-def errname(e: int) -> str:
-    return errno.errorcode.get(e, str(e))
+def _kernel(reason: str, err: int = errno.ENOEXEC, arch: Arch | None = None) -> Leave:
+    """Left to the kernel, which answers ``err``."""
+    return Leave(Decision.KERNEL, err, reason, arch)
 
 
 def fd_of(pid: int, dirfd: int, path: bytes) -> int | None:
@@ -140,7 +147,7 @@ class Planner:
             self.view = view or View(None, None)
             root_fd = os.open(self.own_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
-            return Leave("kernel", f"cannot see the tracee's root: {e.strerror}")
+            return _kernel(f"cannot see the tracee's root: {e.strerror}")
         try:
             out = self._plan_in(pid, root_fd, dirfd, path, flags)
             if isinstance(out, Plan) and self.view is None:
@@ -151,7 +158,7 @@ class Planner:
                     return out._replace(elsewhere=True)
             return out
         except _Hidden as e:
-            return Leave("refused", str(e), None, errno.EACCES)
+            return Leave(Decision.REFUSED, errno.EACCES, str(e), answer=True)
         finally:
             os.close(root_fd)
 
@@ -191,39 +198,40 @@ class Planner:
             # it (ENOENT) when N is close-on-exec: the interpreter could not open that name.
             script_path = b"/dev/fd/%d" % dirfd + (b"/" + path if path else b"")
             if self._cloexec(pid, dirfd):
-                return Leave("kernel", "ENOENT: script through a close-on-exec descriptor",
-                             None, errno.ENOENT)
+                return Leave(Decision.KERNEL, errno.ENOENT,
+                             "ENOENT: script through a close-on-exec descriptor", answer=True)
         while isinstance(kind, Script):
             scripts.append(kind)
             if len(scripts) > MAX_SCRIPT_DEPTH:
-                return Leave("kernel", "ELOOP: too many levels of #! interpreters")
+                return _kernel("ELOOP: too many levels of #! interpreters", errno.ELOOP)
             interp = kind.interpreter
             opened = self._open_exec(pid, root_fd, self._absolute(pid, interp), False)
             if isinstance(opened, Leave):
-                return Leave(opened.decision, f"interpreter {interp.decode(errors='replace')}: "
-                              f"{opened.reason}")
+                return _kernel(f"interpreter {interp.decode(errors='replace')}: {opened.reason}")
             header, ident = opened
             if ident in self.self_ids and self.guest_shell is not None:
                 return self._plan_shell(scripts, script_path, script_path is not path)
             kind = self._classify(header)
             program = interp
         if isinstance(kind, Native):
-            return Leave("native", kind.arch.name, kind.arch)
+            return Leave(Decision.NATIVE, 0, kind.arch.name, kind.arch)
         if isinstance(kind, UnknownElf):
-            return Leave("kernel", f"ELF machine {kind.machine} is not in the architecture table")
+            return _kernel(f"ELF machine {kind.machine} is not in the architecture table")
         if not isinstance(kind, Foreign):
-            return Leave("kernel", "not an executable format")
+            return _kernel("not an executable format")
         emulator = self.emulators.get(kind.arch.name)
         if emulator is None:
-            return Leave("refused", f"no emulator for {kind.arch.name}", kind.arch)
+            return Leave(Decision.REFUSED, errno.ENOEXEC, f"no emulator for {kind.arch.name}",
+                         kind.arch)
         if self.busy:  # exec's deny_write_access() would fail
-            return Leave("kernel", "ETXTBSY: open for writing", kind.arch, errno.ETXTBSY)
+            return Leave(Decision.KERNEL, errno.ETXTBSY, "ETXTBSY: open for writing", kind.arch,
+                         answer=True)
         if not scripts:
             head = emulated_argv(emulator, b"", program, [], None)
             return Plan(emulator, kind.arch, program, head, path_override, [])
         if len(scripts) > MAX_FOREIGN_SCRIPT_DEPTH:  # binfmt_misc would take the sixth round
-            return Leave("kernel", "ELOOP: too many levels of #! interpreters", kind.arch,
-                         errno.ELOOP)
+            return Leave(Decision.KERNEL, errno.ELOOP, "ELOOP: too many levels of #! interpreters",
+                         kind.arch, answer=True)
         head = emulated_argv(emulator, b"", program, scripts, script_path)
         override = None if script_path is path else script_path
         return Plan(emulator, kind.arch, program, head, override, scripts)
@@ -260,7 +268,7 @@ class Planner:
         arch = self.guest_shell_arch
         emulator = self.emulators.get(arch.name) if arch else None
         if arch is None or emulator is None:
-            return Leave("refused", "no emulator for the image's shell", arch)
+            return Leave(Decision.REFUSED, errno.ENOEXEC, "no emulator for the image's shell", arch)
         if scripts:
             head = emulated_argv(emulator, b"", shell, scripts, script_path)
             return Plan(emulator, arch, shell, head, script_path if renamed else None, scripts)
@@ -301,13 +309,13 @@ class Planner:
         try:
             target = os.readlink(f"/proc/{pid}/fd/{dirfd}").encode()
         except OSError:
-            return Leave("kernel", f"bad descriptor {dirfd}")
+            return _kernel(f"bad descriptor {dirfd}")
         if path:
             base = self._inside_root(pid, target)
             full = base.rstrip(b"/") + b"/" + path
             return full, full
         if flags & pt.AT_EMPTY_PATH == 0:
-            return Leave("kernel", "empty path without AT_EMPTY_PATH")
+            return _kernel("empty path without AT_EMPTY_PATH")
         named = self._inside_root(pid, target)
         if named.startswith(b"/") and not named.endswith(b" (deleted)"):
             try:
@@ -322,9 +330,9 @@ class Planner:
                 info = f.read()
             fl = int(info.split(b"flags:", 1)[1].split()[0], 8)
         except (OSError, IndexError, ValueError):
-            return Leave("kernel", f"cannot inspect descriptor {dirfd}")
+            return _kernel(f"cannot inspect descriptor {dirfd}")
         if fl & os.O_CLOEXEC:
-            return Leave("kernel", "fexecve of an unnamed close-on-exec descriptor")
+            return _kernel("fexecve of an unnamed close-on-exec descriptor")
         via = b"/proc/self/fd/%d" % dirfd
         return b"/proc/%d/fd/%d" % (pid, dirfd), via
 
@@ -334,12 +342,12 @@ class Planner:
         """_locate_at from what the tracee said of its descriptor (names relative to its root)."""
         fdv = self.view.fd if self.view is not None else None
         if fdv is None or fdv.name is None or fdv.ident is None:
-            return Leave("kernel", f"bad descriptor {dirfd}")
+            return _kernel(f"bad descriptor {dirfd}")
         if path:
             full = fdv.name.rstrip(b"/") + b"/" + path
             return full, full
         if flags & pt.AT_EMPTY_PATH == 0:
-            return Leave("kernel", "empty path without AT_EMPTY_PATH")
+            return _kernel("empty path without AT_EMPTY_PATH")
         named = fdv.name
         if named.startswith(b"/") and not named.endswith(b" (deleted)"):
             try:
@@ -349,7 +357,7 @@ class Planner:
             except OSError:
                 pass
         if fdv.cloexec:
-            return Leave("kernel", "fexecve of an unnamed close-on-exec descriptor")
+            return _kernel("fexecve of an unnamed close-on-exec descriptor")
         raise _Hidden(f"descriptor {dirfd} names no file we can open")
 
     def _open_exec(
@@ -367,25 +375,25 @@ class Planner:
                 fl = os.O_RDONLY | (os.O_NOFOLLOW if nofollow else 0)
                 fd = pt.open_in_root(root_fd, lookup, fl)
         except OSError as e:
-            return Leave("kernel", errname(e.errno or 0))
+            return _kernel(errname(e.errno or 0), e.errno or errno.ENOEXEC)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                return Leave("kernel", "EACCES: not a regular file")
+                return _kernel("EACCES: not a regular file", errno.EACCES)
             if not self._may_execute(pid, st):
-                return Leave("kernel", "EACCES: no execute permission")
+                return _kernel("EACCES: no execute permission", errno.EACCES)
             if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
                 note = limits.setid_note(pid, lookup, st)
                 if note:
                     self.notes.append(note)
             if os.fstatvfs(fd).f_flag & os.ST_NOEXEC:
-                return Leave("kernel", "EACCES: noexec mount")
+                return _kernel("EACCES: noexec mount", errno.EACCES)
             header = os.pread(fd, HEADER_SIZE, 0)
             if not self.busy:
                 self.busy = _open_for_writing(fd)
             return header, (st.st_dev, st.st_ino)
         except OSError as e:
-            return Leave("kernel", errname(e.errno or 0))
+            return _kernel(errname(e.errno or 0), e.errno or errno.ENOEXEC)
         finally:
             os.close(fd)
 

@@ -49,6 +49,8 @@ tracing costs nothing.
 
 from __future__ import annotations
 
+import enum
+import errno as _errno
 import os
 import signal as _signal
 import sys
@@ -70,6 +72,21 @@ CORE_SIGNALS = frozenset({
     _signal.SIGQUIT, _signal.SIGILL, _signal.SIGTRAP, _signal.SIGABRT, _signal.SIGBUS,
     _signal.SIGFPE, _signal.SIGSEGV, _signal.SIGSYS, _signal.SIGXCPU, _signal.SIGXFSZ,
 })
+
+
+class Decision(enum.StrEnum):
+    """What became of an exec: the ``decision`` of its record (the values are the format's)."""
+
+    EMULATE = "emulate"
+    NATIVE = "native"
+    KERNEL = "kernel"
+    REFUSED = "refused"
+    FAILED = "failed"
+
+
+def errname(e: int) -> str:
+    """An errno as records and messages name it: "ENOENT"."""
+    return _errno.errorcode.get(e, str(e))
 
 
 def _text(b: bytes) -> str:
@@ -110,22 +127,26 @@ class TraceSink:
         ppid: int,
         path: bytes,
         argv: list[bytes],
-        decision: str,
+        decision: Decision,
+        reason: str | None = None,
+        err: int = 0,
         **extra: Any,
     ) -> None:
-        if decision == "emulate":
+        """``reason``: detail for people; ``err``: the errno the record names (0: none)."""
+        if decision is Decision.EMULATE:
             self.emulated.add(pid)
-        elif decision == "native":
+        elif decision is Decision.NATIVE:
             self.emulated.discard(pid)
+        name = errname(err) if err else None
         if self.readable:
             target = {
-                "emulate": extra.get("emulator", "?"),
-                "native": "native",
-                "kernel": f"kernel ({extra.get('errno', '?')})",
-                "failed": f"the emulated exec failed ({extra.get('errno', '?')})",
-                "refused": f"refused: {extra.get('reason', 'no emulator')}"
-                + (f" ({extra['errno']})" if "errno" in extra else ""),
-            }.get(decision, decision)
+                Decision.EMULATE: extra.get("emulator", "?"),
+                Decision.NATIVE: "native",
+                Decision.KERNEL: f"kernel ({name or '?'})",
+                Decision.FAILED: f"the emulated exec failed ({name or '?'})",
+                Decision.REFUSED: f"refused: {reason or 'no emulator'}"
+                + (f" ({name})" if name else ""),
+            }[decision]
             shown = " ".join(_text(a) for a in argv[1:])
             line = f"xshim[{pid}] {_text(path)}{' ' + shown if shown else ''}  → {target}\n"
             self._write(line)
@@ -138,10 +159,14 @@ class TraceSink:
             "ppid": ppid,
             "path": _text(path),
             "argv": [_text(a) for a in argv],
-            "decision": decision,
+            "decision": decision.value,
         }
+        if reason is not None:
+            rec["reason"] = reason
+        if name is not None:
+            rec["errno"] = name
         rec.update(extra)
-        if self.hash_files and decision in ("emulate", "native"):
+        if self.hash_files and decision in (Decision.EMULATE, Decision.NATIVE):
             rec["sha256"] = self._digest(pid, path)
             if "script" in extra:
                 rec["script_sha256"] = [self._digest(pid, p.encode()) for p in extra["script"]]

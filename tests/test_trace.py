@@ -19,7 +19,7 @@ from xshim.builder.errors import InputError, SourceError
 from xshim.builder.trace_export import perfetto, svg
 from xshim.builder.trace_read import Trace, assemble, parse, read_files
 from xshim.builder.trace_views import slow, summary, total_cpu, tree, tree_text
-from xshim.shim.tracelog import MARK, TraceSink
+from xshim.shim.tracelog import MARK, Decision, TraceSink
 
 TRACES = Path(__file__).resolve().parent / "traces"
 RUN_TRACE = TRACES / "dpkg-reconfigure.jsonl"  # xshim run --trace, dpkg-reconfigure of 3 packages
@@ -248,7 +248,8 @@ def test_a_long_record_in_a_build_log_is_one_atomic_write() -> None:
     stream = io.TextIOWrapper(os.fdopen(w, "wb"), encoding="utf-8")
     sink = TraceSink(stream, readable=False, marked=True)
     argv = [b"gcc"] + [b"-I/usr/include/" + b"x" * 300] * 200
-    sink.exec(7, 1, b"/usr/bin/gcc", argv, "emulate", emulator="qemu-aarch64", arch="aarch64")
+    sink.exec(7, 1, b"/usr/bin/gcc", argv, Decision.EMULATE, emulator="qemu-aarch64",
+              arch="aarch64")
     stream.close()
     with os.fdopen(r, "rb") as f:
         data = f.read()
