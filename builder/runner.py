@@ -7,7 +7,7 @@ our own, which disappears with the last process in it.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import errno
 import logging
 import os
@@ -15,6 +15,21 @@ import signal
 from pathlib import Path
 
 from ..shim import arch as archmod
+from ..shim.libc import (
+    CLONE_NEWNS,
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    mount,
+    umount2,
+    unshare,
+)
 from ..shim.ptrace import open_in_root
 from ..shim.supervisor import (
     Config,
@@ -32,41 +47,19 @@ log = logging.getLogger("xshim")
 
 EMULATOR_DIR = "/dev/.xshim"
 
-CLONE_NEWNS = 0x00020000
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_NOEXEC = 0x8
-MS_BIND = 0x1000
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
-MS_REMOUNT = 0x20
-MNT_DETACH = 2
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
 # Device nodes bound from the host's /dev into the private one (what a container runtime gives).
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
-def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
-    r = _libc.mount(
-        source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
-        data.encode() if data else None,
-    )
-    if r != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"mount {source} on {target}: {os.strerror(e)}")
-
-
 def _unshare_mounts() -> None:
-    if _libc.unshare(CLONE_NEWNS) != 0:
-        e = ctypes.get_errno()
+    try:
+        unshare(CLONE_NEWNS)
+    except OSError as e:
         raise PrivilegeError(
-            f"unshare(CLONE_NEWNS) failed: {os.strerror(e)}",
+            f"unshare(CLONE_NEWNS) failed: {os.strerror(e.errno or 0)}",
             "xshim run needs root (CAP_SYS_ADMIN) for its private mounts; run it with sudo",
-        )
-    _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
+        ) from None
+    mount("none", "/", None, MS_REC | MS_PRIVATE, None)
 
 
 def check_rootfs(rootfs: Path) -> None:
@@ -119,20 +112,20 @@ def _mount_point(rootfs: Path, sub: str) -> Path | None:
 def _setup_dev(rootfs: Path, emulators: dict[str, Path]) -> dict[str, bytes]:
     dev = _mount_point(rootfs, "dev")
     assert dev is not None, "check_rootfs refuses such a /dev"
-    _mount("tmpfs", str(dev), "tmpfs", MS_NOSUID, "mode=755,size=65536k")
+    mount("tmpfs", str(dev), "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     for name in DEVICES:
         node = dev / name
         node.touch()
-        _mount(f"/dev/{name}", str(node), None, MS_BIND, None)
+        mount(f"/dev/{name}", str(node), None, MS_BIND, None)
     (dev / "pts").mkdir()
     try:
-        _mount("devpts", str(dev / "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
+        mount("devpts", str(dev / "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
                "newinstance,ptmxmode=0666,mode=620")
         os.symlink("pts/ptmx", dev / "ptmx")
     except OSError as e:
         log.debug("no devpts in the rootfs: %s", e)
     (dev / "shm").mkdir()
-    _mount("tmpfs", str(dev / "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    mount("tmpfs", str(dev / "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     for i, name in enumerate(("stdin", "stdout", "stderr")):
         os.symlink(f"/proc/self/fd/{i}", dev / name)
     os.symlink("/proc/self/fd", dev / "fd")
@@ -143,8 +136,8 @@ def _setup_dev(rootfs: Path, emulators: dict[str, Path]) -> dict[str, bytes]:
         target = edir / path.name
         if not target.exists():
             target.touch()
-            _mount(str(path), str(target), None, MS_BIND, None)
-            _mount(str(path), str(target), None, MS_BIND | MS_RDONLY | MS_REMOUNT, None)
+            mount(str(path), str(target), None, MS_BIND, None)
+            mount(str(path), str(target), None, MS_BIND | MS_RDONLY | MS_REMOUNT, None)
         inside[name] = f"{EMULATOR_DIR}/{path.name}".encode()
     return inside
 
@@ -203,7 +196,7 @@ def run_in_rootfs(
                 log.warning("%s is a symlink or a file: no /%s inside the rootfs (replace it "
                             "with an empty directory to get one)", root / sub, sub)
                 continue
-            _mount(sub, str(point), fstype, flags, None)
+            mount(sub, str(point), fstype, flags, None)
             mounted.append(point)
         mounted.append(root / "dev")
         inside = _setup_dev(root, emulators)
@@ -309,7 +302,8 @@ def _remove_mount_points(made: list[Path], mounted: list[Path]) -> None:
     for point in made:
         if point in mounted:
             # Lazily: a process of the command may still hold it until the supervisor exits.
-            _libc.umount2(str(point).encode(), MNT_DETACH)
+            with contextlib.suppress(OSError):
+                umount2(str(point), MNT_DETACH)
         try:
             point.rmdir()
         except OSError as e:

@@ -23,6 +23,8 @@ import struct
 from . import inject as ij
 from . import ptrace as pt
 from .blind import Refusal
+from .libc import LIBC as _libc
+from .libc import check
 
 NR_CLOSE = 3
 NR_SOCKET = 41
@@ -37,14 +39,6 @@ _SOCK_NONBLOCK = 0o4000
 SOL_SOCKET = 1
 SCM_RIGHTS = 1
 _SO_PEERCRED = 17
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(r: int, what: str) -> int:
-    if r < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
-    return r
 
 
 class Handoff:
@@ -68,12 +62,12 @@ class Handoff:
 
     def _listen(self) -> int:
         if self.listener is None:
-            fd = _check(_libc.socket(AF_UNIX, SOCK_STREAM | _SOCK_CLOEXEC | _SOCK_NONBLOCK, 0),
+            fd = check(_libc.socket(AF_UNIX, SOCK_STREAM | _SOCK_CLOEXEC | _SOCK_NONBLOCK, 0),
                         "socket")
             sun = struct.pack("<H", AF_UNIX) + self.address
             try:
-                _check(_libc.bind(fd, sun, len(sun)), "bind")
-                _check(_libc.listen(fd, 16), "listen")
+                check(_libc.bind(fd, sun, len(sun)), "bind")
+                check(_libc.listen(fd, 16), "listen")
             except OSError:
                 os.close(fd)
                 raise
@@ -140,7 +134,7 @@ class Handoff:
                 raise Refusal(errno.EIO, "its connection to the supervisor was lost")
             try:
                 size.value = 12
-                _check(_libc.getsockopt(conn, SOL_SOCKET, _SO_PEERCRED, cred,
+                check(_libc.getsockopt(conn, SOL_SOCKET, _SO_PEERCRED, cred,
                                         ctypes.byref(size)), "getsockopt")
                 if struct.unpack("<iII", cred.raw)[0] == tgid:
                     _send_fd(conn, ours)
@@ -159,7 +153,7 @@ def _send_fd(conn: int, fd: int) -> None:
         struct.pack("<QiiI", 20, SOL_SOCKET, SCM_RIGHTS, fd) + bytes(4), 24)
     msg = ctypes.create_string_buffer(struct.pack(
         "<QQQQQQQ", 0, 0, ctypes.addressof(iov), 1, ctypes.addressof(control), 24, 0), 56)
-    _check(_libc.sendmsg(conn, msg, 0), "sendmsg")
+    check(_libc.sendmsg(conn, msg, 0), "sendmsg")
 
 
 def _tgid(pid: int) -> int:

@@ -1,7 +1,7 @@
 """Thin ctypes bindings for the syscalls the supervisor needs (x86_64 Linux).
 
 Constants at the top, one wrapper per syscall, every failure raised as OSError with the errno.
-Standalone on purpose: this file imports nothing from xshim, so it can be read and audited alone.
+It imports only the C library handle (``libc.py``), so it can be read and audited alone.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import errno
 import os
 import struct
 
-_libc = ctypes.CDLL(None, use_errno=True)
+from .libc import LIBC as _libc
+from .libc import raise_errno as _raise
 
 # ptrace requests and options (linux/ptrace.h).
 PTRACE_PEEKDATA = 2
@@ -122,11 +123,6 @@ _syscall.restype = ctypes.c_long
 
 _prctl = _libc.prctl
 _prctl.restype = ctypes.c_int
-
-
-def _raise(what: str) -> None:
-    e = ctypes.get_errno()
-    raise OSError(e, f"{what}: {os.strerror(e)}")
 
 
 def ptrace(request: int, pid: int, addr: int = 0, data: int = 0) -> int:
