@@ -23,6 +23,7 @@ import report
 import trees
 from contenders import Contender, Tools
 from measure import ExecLoop, RunFailed, SecondStage
+from xshim.builder.cli import exit_status
 from xshim.builder.errors import XshimError
 from xshim.builder.fsutil import write_atomic
 
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except XshimError as e:  # making the cached tree: no mirror, no debootstrap, ...
         print(f"bench: {e}", file=sys.stderr)
-        return int(e.exit_code)
+        return exit_status(e)
     except KeyboardInterrupt:
         return 130
 

@@ -43,7 +43,8 @@ def first_stage_tree(explicit: Path | None, suite: str | None, mirror: str | Non
         return explicit
     # Imported here: only this path needs the builder (and its mirror discovery).
     from xshim.builder import debian
-    from xshim.builder.rootfs import make_rootfs
+    from xshim.builder.rootfs import RootfsRequest, make_rootfs
+    from xshim.builder.values import parse_arch
 
     suite = suite or debian.host_suite()
     tree = cache_root() / f"{suite}-arm64-{VARIANT}"
@@ -54,7 +55,8 @@ def first_stage_tree(explicit: Path | None, suite: str | None, mirror: str | Non
             f"{tree} exists but is not a complete first-stage tree; remove it and run again"
         )
     tree.parent.mkdir(parents=True, exist_ok=True)
-    make_rootfs(tree, platform=PLATFORM, suite=suite, mirror=mirror, variant=VARIANT)
+    make_rootfs(RootfsRequest(tree, platform=parse_arch(PLATFORM), suite=suite, mirror=mirror,
+                              variant=VARIANT))
     return tree
 
 

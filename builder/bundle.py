@@ -27,7 +27,8 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..shim import arch as archmod
@@ -36,7 +37,7 @@ from ..shim.arch import Arch
 from ..shim.layout import Entry, Manifest
 from ..shim.version import __version__
 from . import elf, freeze
-from .errors import BundleError, InputError, bad_platform
+from .errors import BundleError, InputError
 from .fsutil import sha256_file
 
 log = logging.getLogger("xshim")
@@ -55,24 +56,6 @@ def check_prefix(prefix: str) -> str:
     return str(p)
 
 
-def parse_platforms(values: Iterable[str]) -> list[Arch]:
-    """``linux/arm64,linux/arm/v7`` (comma-separated, repeatable) -> table rows, in order."""
-    out: list[Arch] = []
-    for value in values:
-        for item in value.split(","):
-            if not item.strip():
-                continue
-            try:
-                a = archmod.from_platform(item)
-            except archmod.UnknownPlatformError as e:
-                raise bad_platform(e) from None
-            if a not in out:
-                out.append(a)
-    if not out:
-        raise InputError("no platform given", "use e.g. --platform linux/arm64")
-    return out
-
-
 def _check_output(out: Path) -> None:
     """Refuse to replace anything that is not a bundle: the rename would destroy it."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
@@ -82,9 +65,25 @@ def _check_output(out: Path) -> None:
                          "xshim bundle; refusing to replace it", "choose another -o DIR")
 
 
+@dataclass(frozen=True)
+class BundleRequest:
+    """``xshim bundle``: a bundle for ``platforms`` at ``output``, to sit at ``prefix``."""
+
+    output: str
+    platforms: tuple[Arch, ...]
+    prefix: str = L.DEFAULT_PREFIX
+    qemu: tuple[str, ...] = ()
+    rebuild: bool = False
+
+
+def run_bundle(req: BundleRequest) -> Manifest:
+    return build_bundle(req.output, req.platforms, prefix=req.prefix, qemu=req.qemu,
+                        rebuild=req.rebuild)
+
+
 def build_bundle(
     out: str | os.PathLike[str],
-    platforms: Sequence[str | Arch],
+    platforms: Sequence[Arch],
     *,
     prefix: str = L.DEFAULT_PREFIX,
     qemu: Sequence[str | os.PathLike[str]] = (),
@@ -95,7 +94,7 @@ def build_bundle(
     from . import qemu as qemumod
 
     prefix = check_prefix(prefix)
-    arches = [a if isinstance(a, Arch) else parse_platforms([a])[0] for a in platforms]
+    arches = list(dict.fromkeys(platforms))
     if not arches:
         raise InputError("no platform given", "use e.g. --platform linux/arm64")
     target = Path(out).absolute()

@@ -12,13 +12,15 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from ..shim import arch as archmod
 from ..shim import layout, sigstate
 from ..shim.errors import ShimError
 from ..shim.version import __version__
 from .cli_build import _parse_build, _parse_index
 from .cli_parsers import Formatter, Handler
 from .cli_parsers import add_command as _add
-from .errors import XshimError
+from .errors import InputError, Unavailable
+from .values import MODE_CHOICES, parse_arch, parse_arch_list, parse_arches, parse_mode
 
 log = logging.getLogger("xshim")
 
@@ -41,16 +43,16 @@ it is killed by signal N).
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run_in_rootfs
+    from .runner import RunRequest, run_in_rootfs
 
-    return run_in_rootfs(
+    return run_in_rootfs(RunRequest(
         rootfs=args.rootfs,
-        command=args.command,
+        command=tuple(args.command),
         platform=args.platform,
-        qemu=args.qemu,
+        qemu=tuple(args.qemu),
         trace=args.trace,
         workdir=args.workdir,
-    )
+    ))
 
 
 def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,6 +62,7 @@ def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--platform",
         metavar="P",
+        type=_optional_arch,
         help="the rootfs's platform, e.g. linux/arm64 (default: read from the rootfs's /bin/sh)",
     )
     p.add_argument(
@@ -96,16 +99,16 @@ $XSHIM_MIRROR, or this machine's apt sources.
 
 
 def _cmd_rootfs(args: argparse.Namespace) -> int:
-    from .rootfs import make_rootfs
+    from .rootfs import RootfsRequest, make_rootfs
 
-    make_rootfs(
+    make_rootfs(RootfsRequest(
         args.dir,
         platform=args.platform,
         suite=args.suite,
         mirror=args.mirror,
         second_stage=args.second_stage,
         variant=args.variant,
-    )
+    ))
     return 0
 
 
@@ -113,7 +116,7 @@ def _parse_rootfs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = _add(sub, "rootfs", "make a foreign Debian rootfs with debootstrap", ROOTFS_EPILOG,
              _cmd_rootfs)
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--platform", default="linux/arm64", metavar="P")
+    p.add_argument("--platform", default="linux/arm64", metavar="P", type=parse_arch)
     p.add_argument("--suite", default=None, help="Debian suite (default: the host's)")
     p.add_argument("--mirror", default=None, metavar="URL")
     p.add_argument("--variant", default="minbase")
@@ -151,7 +154,7 @@ make the saved build log a trace for 'xshim trace'.
 def _cmd_patch(args: argparse.Namespace) -> int:
     from .patch import PatchRequest, run_patch
 
-    return run_patch(
+    needs_patching = run_patch(
         PatchRequest(
             dockerfile=args.dockerfile,
             output=args.output,
@@ -166,6 +169,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
             format=args.format,
         )
     )
+    return 1 if needs_patching else 0
 
 
 def _parse_patch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -183,7 +187,8 @@ def _parse_patch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    "Dockerfile relative to the build context (default: .xshim, not checked)")
     p.add_argument("--prefix", metavar="PATH",
                    help="where the bundle lives in the image (default: the bundle's, or /.xshim)")
-    p.add_argument("--mode", choices=["copy", "mount"], default="copy",
+    p.add_argument("--mode", type=parse_mode, default="copy",
+                   metavar="{" + ",".join(MODE_CHOICES) + "}",
                    help="copy: install into each stage (any builder); mount: bind-mount per RUN "
                    "(BuildKit, buildah, podman)")
     p.add_argument("--mount-from", metavar="NAME",
@@ -220,15 +225,15 @@ An older bundle in DIR is replaced atomically; anything else there is left alone
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
-    from .bundle import build_bundle, parse_platforms
+    from .bundle import BundleRequest, run_bundle
 
-    build_bundle(
+    run_bundle(BundleRequest(
         args.output,
-        parse_platforms(args.platform),
+        tuple(parse_arches(args.platform)),
         prefix=args.prefix,
-        qemu=args.qemu,
+        qemu=tuple(args.qemu),
         rebuild=args.rebuild,
-    )
+    ))
     return 0
 
 
@@ -236,6 +241,7 @@ def _parse_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = _add(sub, "bundle", "build the self-contained shim bundle for foreign platforms",
              BUNDLE_EPILOG, _cmd_bundle)
     p.add_argument("--platform", action="append", required=True, metavar="P[,P...]",
+                   type=parse_arch_list,
                    help="target platforms, e.g. linux/arm64,linux/arm/v7 (repeatable)")
     p.add_argument("-o", "--output", default=layout.DEFAULT_DIR, metavar="DIR",
                    help=f"where to write the bundle (default: {layout.DEFAULT_DIR})")
@@ -317,10 +323,16 @@ TRACE_VIEWS = {
 def _cmd_trace(args: argparse.Namespace) -> int:
     from .trace_cmd import TraceRequest, run_trace
 
-    return run_trace(TraceRequest(
-        view=args.trace_view, files=args.files, format=args.format, output=args.output,
+    run_trace(TraceRequest(
+        view=args.trace_view, files=tuple(args.files), format=args.format, output=args.output,
         failed=getattr(args, "failed", False), count=getattr(args, "n", 10),
     ))
+    return 0
+
+
+def _optional_arch(text: str) -> archmod.Arch | None:
+    """--platform P where an empty value means "not given" (read from the tree)."""
+    return parse_arch(text) if text else None
 
 
 def _positive(text: str) -> int:
@@ -384,19 +396,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_status(e: ShimError) -> int:
+    """The exit status for an error: 2 bad input (nothing written), 3 something this host lacks
+    (a program, a privilege, an emulator), 1 the work failed."""
+    if isinstance(e, InputError):
+        return 2
+    if isinstance(e, Unavailable):
+        return 3
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     sigstate.original()  # the caller's signal state, before anything installs a handler
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    verbose = any(a in ("-v", "--verbose") for a in args_list)
+    try:
+        # The type= converters raise InputError for bad values (a platform the table lacks).
+        args = parser.parse_args(args_list)
+    except ShimError as e:
+        return _report(e.message, e.hint, exit_status(e), verbose)
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="xshim: %(message)s", stream=sys.stderr)
     handler: Handler = args.handler
     try:
         return handler(args)
-    except XshimError as e:
-        return _report(e.message, e.hint, e.exit_code, args.verbose)
     except ShimError as e:
-        return _report(e.message, e.hint, 1, args.verbose)
+        return _report(e.message, e.hint, exit_status(e), args.verbose)
     except KeyboardInterrupt:
         print("xshim: interrupted", file=sys.stderr)
         return 130

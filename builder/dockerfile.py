@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 
 from ..shim import arch as archmod
 from ..shim import layout
@@ -90,13 +90,21 @@ class Options:
     mount_from: str | None = None
 
 
+class Level(StrEnum):
+    """How much a finding matters (hadolint's levels)."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
 @dataclass(frozen=True)
 class Finding:
     """A hadolint-style record (the file name is added at the edge)."""
 
     line: int
     column: int
-    level: str  # "error", "warning", "info"
+    level: Level
     code: str
     message: str
 
@@ -234,11 +242,11 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Plan,
     runs = [ins_list[i] for i in stage.runs]
     for m in members:
         if m.cmd == "onbuild" and m.sub is not None and m.sub.cmd == "run":
-            findings.append(Finding(m.line, 1, "warning", "XS010",
+            findings.append(Finding(m.line, 1, Level.WARNING, "XS010",
                                     f"{stage.label}: ONBUILD RUN runs in a later build, "
                                     "without xshim; that build needs patching too"))
     if not runs:
-        findings.append(Finding(frm.line, 1, "info", "XS011",
+        findings.append(Finding(frm.line, 1, Level.INFO, "XS011",
                                 f"{stage.label} runs on {stage.platform} but has no RUN: "
                                 "nothing to do"))
         return False
@@ -305,11 +313,11 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Plan,
         last = stage.members[-1] if stage.members else stage.from_index
         plan.after.setdefault(last, []).extend(tail)
     if head or changes or tail:
-        findings.append(Finding(frm.line, 1, "warning", "XS001",
+        findings.append(Finding(frm.line, 1, Level.WARNING, "XS001",
                                 f"{stage.label} runs on {stage.platform}, foreign to this host: "
                                 f"its RUN steps need the xshim bundle ({options.mode.value} mode)"))
         if stage.native_for:
-            findings.append(Finding(frm.line, 1, "info", "XS012",
+            findings.append(Finding(frm.line, 1, Level.INFO, "XS012",
                                     f"{stage.label} runs natively for "
                                     f"{', '.join(stage.native_for)}: there the shim runs "
                                     "every command directly"))
@@ -339,7 +347,7 @@ def _plan_run(lexed: Lexed, i: int, ins: Instruction, shell: _Shell, options: Op
         if not ins.json:
             return 0  # RUN [] runs nothing
         plan.replace[i] = _render(ins.keyword, [*flags, ins.flags_raw], [exec_, *ins.json])
-        findings.append(Finding(ins.line, 1, "info", "XS002",
+        findings.append(Finding(ins.line, 1, Level.INFO, "XS002",
                                 f"{stage.label}: exec-form RUN rewritten to run through the shim"))
         return 1
     if not ins.args and not ins.heredocs:
@@ -360,12 +368,12 @@ def _plan_run(lexed: Lexed, i: int, ins: Instruction, shell: _Shell, options: Op
                 plan.after.setdefault(i - 1, []).append(
                     _render(style.kw("SHELL"), [], [exec_, *shell.user]))
                 line = ins.line
-            findings.append(Finding(line, 1, "info", "XS003",
+            findings.append(Finding(line, 1, Level.INFO, "XS003",
                                     f"{stage.label}: SHELL routed through the shim (the user's "
                                     "SHELL is set back where the image config takes it)"))
             if mount:
                 findings.append(Finding(
-                    line, 1, "warning", "XS014",
+                    line, 1, Level.WARNING, "XS014",
                     f"{stage.label}: buildah and podman use SHELL only with --format docker (in "
                     "their default OCI format they run /bin/sh, which mount mode cannot route): "
                     "build with --format docker there, or patch with --mode copy"))
@@ -376,7 +384,7 @@ def _plan_run(lexed: Lexed, i: int, ins: Instruction, shell: _Shell, options: Op
             changed = 1
         return changed
     plan.replace[i] = _rewrite_run(ins, options, prefix)
-    findings.append(Finding(ins.line, 1, "info", "XS002",
+    findings.append(Finding(ins.line, 1, Level.INFO, "XS002",
                             f"{stage.label}: RUN rewritten to run through the shim"))
     return 1
 
@@ -501,6 +509,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "DEFAULT_SHELL",
     "Finding",
+    "Level",
     "Mode",
     "Options",
     "PatchResult",

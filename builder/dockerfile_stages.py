@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from ..shim import arch as archmod
 from .dockerfile_lex import Instruction, Lexed, parse_words
@@ -40,6 +41,17 @@ _WINDOWS_IMAGE = re.compile(r"(^|/)(windows(/servercore|/nanoserver|/server)?|na
 _BUILD_PLATFORM_REF = re.compile(r"\$\{?BUILD(PLATFORM|OS|ARCH|VARIANT)\b")
 
 
+class StageKind(StrEnum):
+    """What a stage's platform is to this host."""
+
+    FOREIGN = "foreign"
+    NATIVE = "native"
+    BUILD_PLATFORM = "build-platform"  # FROM --platform=$BUILDPLATFORM: wherever the build runs
+    SCRATCH = "scratch"
+    WINDOWS = "windows"
+    UNKNOWN = "unknown"
+
+
 @dataclass
 class Stage:
     index: int
@@ -48,7 +60,7 @@ class Stage:
     members: list[int]  # instruction indexes after FROM, up to the next FROM
     image: str  # base image after ARG expansion
     platform: str | None  # the platform the stage runs on, when known
-    kind: str  # "foreign", "native", "build-platform", "scratch", "windows", "unknown"
+    kind: StageKind
     parent: Stage | None = None
     shell_at_end: tuple[str, ...] | None = None  # None: the base image's (taken as /bin/sh -c)
     user_at_end: str | None = None  # the USER args text in force at the end; None: base image's
@@ -58,7 +70,7 @@ class Stage:
 
     @property
     def foreign(self) -> bool:
-        return self.kind == "foreign"
+        return self.kind is StageKind.FOREIGN
 
     @property
     def label(self) -> str:
@@ -137,7 +149,7 @@ def analyse(lexed: Lexed, platform: str | None, host: archmod.Arch | None = None
         if foreign:
             stage.platform = ",".join(dict.fromkeys(s.platform or "" for s in foreign))
             stage.native_for = tuple(dict.fromkeys(
-                s.platform or "" for s in group if s.kind == "native"))
+                s.platform or "" for s in group if s.kind is StageKind.NATIVE))
         merged.append(stage)
     for stage in merged:
         if stage.parent is not None:
@@ -225,7 +237,7 @@ def _stage_from(
             flag_platform = _expand(lexed, flag.split("=", 1)[1], env, filename, ins).strip()
 
     stage = Stage(index=index, name=name, from_index=idx, members=[], image=image,
-                  platform=None, kind="unknown")
+                  platform=None, kind=StageKind.UNKNOWN)
     parent = by_name.get(image.lower())
     if parent is not None:
         stage.parent = parent
@@ -235,20 +247,20 @@ def _stage_from(
         stage.user_at_end = parent.user_at_end
         return stage
     if image.lower() == "scratch":
-        stage.kind = "scratch"
+        stage.kind = StageKind.SCRATCH
         return stage
     platform = flag_platform or _image_namespace_platform(image) or default_platform
     if not platform:
         stage.platform = host.platform
-        stage.kind = "native"
+        stage.kind = StageKind.NATIVE
         return stage
     if _split_platform(platform)[0] == "windows" or _WINDOWS_IMAGE.search(image):
         stage.platform = platform
-        stage.kind = "windows"
+        stage.kind = StageKind.WINDOWS
         return stage
     if flag_platform and _BUILD_PLATFORM_REF.search(ins.flags_raw):
         stage.platform = platform
-        stage.kind = "build-platform"
+        stage.kind = StageKind.BUILD_PLATFORM
         return stage
     try:
         target = resolve_platform(platform)
@@ -257,5 +269,6 @@ def _stage_from(
         raise SourceError(filename, ins.line, f"unknown platform {platform!r} in FROM",
                             f"use one of: {known}") from None
     stage.platform = target.platform
-    stage.kind = "native" if archmod.natively_runs(host, target) else "foreign"
+    stage.kind = (StageKind.NATIVE if archmod.natively_runs(host, target)
+                  else StageKind.FOREIGN)
     return stage

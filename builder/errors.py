@@ -1,43 +1,34 @@
 """The builder's errors: each names what went wrong and what to do about it.
 
-Every error the builder raises on purpose is an ``XshimError``, and the three kinds of failure
-are its subclasses here: ``InputError`` (bad input or usage, exit 2, nothing written; with a
-place in a file: ``SourceError``), ``MissingToolError``/``PrivilegeError`` (exit 3) and the work
-itself failing (exit 1: ``ToolFailedError``, ``BundleError``, ``FreezeError``, ...). Modules that
-talk to one outside system keep their own specific subclasses beside the code that raises them
-(``qemu.MissingEmulatorError``, ``debian.ArchiveError`` and its kinds); they derive from these.
-The Dockerfile lexer's ``LexError`` and ``ShellError`` stay internal to the pure rewriter, which
-turns them into ``SourceError`` with the file and line. The shim's errors derive from
-``shim.errors.ShimError`` (the shim never imports the builder).
+Every error the builder raises on purpose is an ``XshimError``, which has the shape of the shim's
+``shim.errors.ShimError`` (a message and a hint) and derives from it. The three kinds of failure
+are its subclasses here: ``InputError`` (bad input or usage, nothing written; with a place in a
+file: ``SourceError``), ``Unavailable`` (something this host lacks: ``MissingToolError``,
+``PrivilegeError``, ``qemu.MissingEmulatorError``) and the work itself failing (``ToolFailedError``,
+``BundleError``, ``FreezeError``, ...). Modules that talk to one outside system keep their own
+specific subclasses beside the code that raises them (``qemu.MissingEmulatorError``,
+``debian.ArchiveError`` and its kinds); they derive from these. The Dockerfile lexer's
+``LexError`` and ``ShellError`` stay internal to the pure rewriter, which turns them into
+``SourceError`` with the file and line.
 
 ``cli.main`` is the one boundary: it prints ``xshim: error: <message>`` and, on the next line,
-``hint: <hint>``, then exits with the error's ``exit_code``. Anything else that escapes (an
-``OSError``, a bug) is reported the same way with exit 1, and its traceback only with ``-v``.
+``hint: <hint>``, then exits with the status ``cli.exit_status`` gives the kind (2 bad input, 3
+unavailable, 1 otherwise). Anything else that escapes (an ``OSError``, a bug) is reported the same
+way with exit 1, and its traceback only with ``-v``.
 """
 
 from __future__ import annotations
 
 from ..shim.arch import ARCHES, UnknownPlatformError
+from ..shim.errors import ShimError
 
 
-class XshimError(Exception):
-    """Base class. ``hint`` says how to fix it; ``exit_code`` is what the CLI exits with."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return self.message
+class XshimError(ShimError):
+    """Base class of the builder's errors. ``hint`` says how to fix it."""
 
 
 class InputError(XshimError):
     """Bad input: a file, option or value the user gave. Nothing was written."""
-
-    exit_code = 2
 
 
 class SourceError(InputError):
@@ -54,10 +45,12 @@ class SourceError(InputError):
         self.detail = message
 
 
-class MissingToolError(XshimError):
-    """A program xshim needs is not installed."""
+class Unavailable(XshimError):
+    """Something this host lacks: a program, a privilege, an emulator."""
 
-    exit_code = 3
+
+class MissingToolError(Unavailable):
+    """A program xshim needs is not installed."""
 
     def __init__(self, program: str, package: str, why: str = "") -> None:
         msg = f"couldn't find {program!r}" + (f" ({why})" if why else "")
@@ -66,10 +59,8 @@ class MissingToolError(XshimError):
         self.package = package
 
 
-class PrivilegeError(XshimError):
+class PrivilegeError(Unavailable):
     """The operation needs privileges this process does not have."""
-
-    exit_code = 3
 
 
 class ToolFailedError(XshimError):

@@ -4,8 +4,8 @@ Reads the Dockerfile (a file or ``-`` for stdin), checks the options and the bun
 the patched text atomically to ``-o FILE`` or to stdout; ``--check`` and ``--diff`` write
 nothing. Findings go to stdout with ``--check`` and to stderr otherwise.
 
-Exit status: 0 done (``--check``: nothing to patch), 1 (``--check`` only) stages need patching,
-2 bad input (nothing written).
+``run_patch`` says whether ``--check`` found stages that need patching (the CLI exits 1 then);
+bad input raises InputError before anything is written.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..shim import layout as L
 from ..shim.layout import Manifest, ManifestError
 from .dockerfile import (
     Finding,
+    Level,
     Mode,
     Options,
     PatchResult,
@@ -40,7 +41,7 @@ class PatchRequest:
     platform: str | None = None
     bundle: str | None = None  # the bundle directory on this machine
     prefix: str | None = None
-    mode: str = "copy"
+    mode: Mode = Mode.COPY
     mount_from: str | None = None  # mount mode: the bundle comes from this named build context
     context: str = "."
     check: bool = False
@@ -84,8 +85,6 @@ def _read_manifest(bundle: Path) -> Manifest:
 
 def resolve_options(req: PatchRequest) -> Options:
     """Turn the command-line values into rewriter options, checking the bundle if one is given."""
-    if req.mode not in ("copy", "mount"):
-        raise InputError(f"unknown mode {req.mode!r}", "use --mode copy or --mode mount")
     platform = None
     if req.platform:
         targets: list[str] = []
@@ -99,7 +98,7 @@ def resolve_options(req: PatchRequest) -> Options:
             except archmod.UnknownPlatformError as e:
                 raise bad_platform(e) from None
         platform = ",".join(dict.fromkeys(targets))
-    if req.mount_from is not None and req.mode != "mount":
+    if req.mount_from is not None and req.mode is not Mode.MOUNT:
         raise InputError("--mount-from only serves mount mode", "add --mode mount")
     bundle_text = L.DEFAULT_DIR
     prefix = req.prefix
@@ -127,7 +126,7 @@ def resolve_options(req: PatchRequest) -> Options:
                     "make the bundle inside the directory you build from "
                     "(xshim bundle -o .xshim), give that directory with --context, or mount "
                     "it from a named build context (--mode mount --mount-from xshim)") from None
-    return Options(platform=platform, mode=Mode(req.mode), bundle=bundle_text,
+    return Options(platform=platform, mode=req.mode, bundle=bundle_text,
                    prefix=prefix or L.DEFAULT_PREFIX, mount_from=req.mount_from)
 
 
@@ -143,7 +142,7 @@ def _missing_emulators(result: PatchResult, manifest: Manifest, bundle: str) -> 
             arch = resolve_platform(platform)
             if arch.name not in names:
                 line = result.lexed.instructions[stage.from_index].line
-                out.append(Finding(line, 1, "warning", "XS013",
+                out.append(Finding(line, 1, Level.WARNING, "XS013",
                                    f"{stage.label} runs on {platform} but the bundle {bundle!r} "
                                    f"has no emulator for it: make it with xshim bundle "
                                    f"--platform {platform} (a list for several)"))
@@ -171,7 +170,8 @@ def unified_diff(name: str, old: str, new: str) -> str:
 
 
 def run_patch(req: PatchRequest, stdin: TextIO | None = None, stdout: TextIO | None = None,
-              stderr: TextIO | None = None) -> int:
+              stderr: TextIO | None = None) -> bool:
+    """Do what ``req`` asks; True when ``--check`` finds stages that need patching."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -186,7 +186,7 @@ def run_patch(req: PatchRequest, stdin: TextIO | None = None, stdout: TextIO | N
         needing = [f for f in result.findings if f.code == "XS001"]
         shown = result.findings if req.format == "json" else needing or result.findings
         stdout.write(format_findings(name, shown, req.format))
-        return 1 if result.changed else 0
+        return result.changed
     if req.diff:
         _write_text(stdout, unified_diff(name, text, result.text))
     if req.output not in (None, "-"):
@@ -199,11 +199,11 @@ def run_patch(req: PatchRequest, stdin: TextIO | None = None, stdout: TextIO | N
                              "stdout") from None
     elif not req.diff:
         _write_text(stdout, result.text)
-    report = format_findings(name, [f for f in result.findings if f.level != "info"]
+    report = format_findings(name, [f for f in result.findings if f.level is not Level.INFO]
                              if req.format == "text" else result.findings, req.format)
     if report and (req.format == "json" or result.findings):
         stderr.write(report)
-    return 0
+    return False
 
 
 def _write_text(stream: TextIO, text: str) -> None:

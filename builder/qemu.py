@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..shim import arch as archmod
-from ..shim.arch import Arch, NotElfError, UnknownPlatformError
-from .errors import InputError, XshimError, bad_platform
+from ..shim.arch import Arch, NotElfError
+from .errors import InputError, Unavailable
 
 if TYPE_CHECKING:
     from . import debian
@@ -40,10 +40,8 @@ SEARCH_DIRS = (Path("/usr/bin"), Path("/usr/local/bin"))
 _NAME = re.compile(r"^qemu-(?P<target>[a-z0-9_]+?)(?P<static>-static)?$")
 
 
-class MissingEmulatorError(XshimError):
+class MissingEmulatorError(Unavailable):
     """No emulator could be had for an architecture."""
-
-    exit_code = 3
 
     def __init__(self, arches: Sequence[Arch], why: str = "", *, bundle: bool = False) -> None:
         names = ", ".join(a.qemu_static for a in arches)
@@ -123,17 +121,8 @@ def _check_host_elf(path: Path, host: Arch) -> None:
         )
 
 
-def _as_arch(a: Arch | str) -> Arch:
-    if isinstance(a, Arch):
-        return a
-    try:
-        return archmod.from_platform(a)
-    except UnknownPlatformError as e:
-        raise bad_platform(e) from None
-
-
 def find_emulators(
-    arches: Iterable[Arch | str],
+    arches: Iterable[Arch],
     explicit_paths: Sequence[str | os.PathLike[str]] = (),
     *,
     search_dirs: Sequence[Path] | None = None,
@@ -143,9 +132,8 @@ def find_emulators(
 ) -> dict[str, Path]:
     """Arch name -> emulator path for each architecture the host can't run natively.
 
-    ``arches`` are Arch rows, platform strings or architecture names. ``search_dirs`` defaults to
-    PATH plus /usr/bin; ``download=False`` stops before the network. Architectures this host runs
-    itself (its own, i386 on x86_64) get no entry.
+    ``search_dirs`` defaults to PATH plus /usr/bin; ``download=False`` stops before the network.
+    Architectures this host runs itself (its own, i386 on x86_64) get no entry.
     """
     found, missing = available_emulators(arches, explicit_paths, search_dirs=search_dirs)
     if missing and download:
@@ -156,7 +144,7 @@ def find_emulators(
 
 
 def available_emulators(
-    arches: Iterable[Arch | str],
+    arches: Iterable[Arch],
     explicit_paths: Sequence[str | os.PathLike[str]] = (),
     *,
     search_dirs: Sequence[Path] | None = None,
@@ -167,7 +155,7 @@ def available_emulators(
     NotAnEmulatorError.
     """
     host = archmod.host_arch()
-    wanted = [a for a in dict.fromkeys(_as_arch(x) for x in arches)
+    wanted = [a for a in dict.fromkeys(arches)
               if not archmod.natively_runs(host, a)]
     by_target: dict[str, Path] = {}
     for p in explicit_paths:
@@ -296,7 +284,7 @@ def debian_emulators(
 
 
 def bundle_emulators(
-    arches: Iterable[Arch | str],
+    arches: Iterable[Arch],
     explicit_paths: Sequence[str | os.PathLike[str]] = (),
     *,
     archive: debian.Archive | None = None,

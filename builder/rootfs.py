@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..shim import arch as archmod
@@ -26,23 +27,17 @@ from .errors import (
     PrivilegeError,
     SecondStageError,
     ToolFailedError,
-    bad_platform,
 )
 
 log = logging.getLogger("xshim")
 
 
-def _arch_for(platform: str) -> archmod.Arch:
-    try:
-        a = archmod.from_platform(platform)
-    except archmod.UnknownPlatformError as e:
-        raise bad_platform(e) from None
+def _check_debian_port(a: archmod.Arch) -> None:
     if not a.debian:
         raise InputError(
             f"--platform: Debian has no port for {a.platform}",
             "pick a platform Debian releases, e.g. linux/arm64, linux/arm/v7, linux/s390x",
         )
-    return a
 
 
 def debootstrap_argv(
@@ -133,24 +128,34 @@ def _run_streaming(argv: list[str]) -> None:
         raise ToolFailedError(argv, rc, "\n".join(tail))
 
 
-def make_rootfs(
-    dir: str | os.PathLike[str],
-    platform: str = "linux/arm64",
-    suite: str | None = None,
-    mirror: str | None = None,
-    second_stage: bool = False,
-    variant: str = "minbase",
-) -> Path:
-    """Make a Debian ``variant`` tree for ``platform`` at ``dir``; return its path.
+DEFAULT_ARCH = archmod.by_name("aarch64")
+
+
+@dataclass(frozen=True)
+class RootfsRequest:
+    """``xshim rootfs``: a Debian ``variant`` tree for ``platform`` at ``dir``.
 
     ``dir`` must not exist or be empty. ``suite`` defaults to the host's, ``mirror`` to
     $XSHIM_MIRROR or this machine's apt sources. With ``second_stage`` the tree is finished by
     running ``/debootstrap/debootstrap --second-stage`` in it through ``xshim run``.
     """
-    a = _arch_for(platform)
-    target = Path(dir).absolute()
+
+    dir: str | os.PathLike[str]
+    platform: archmod.Arch = DEFAULT_ARCH
+    suite: str | None = None
+    mirror: str | None = None
+    second_stage: bool = False
+    variant: str = "minbase"
+
+
+def make_rootfs(req: RootfsRequest) -> Path:
+    """Make the tree ``req`` asks for; return its path."""
+    a = req.platform
+    suite, variant = req.suite, req.variant
+    _check_debian_port(a)
+    target = Path(req.dir).absolute()
     _check_target(target)
-    url = debian.find_mirror(mirror)
+    url = debian.find_mirror(req.mirror)
     suite = suite or debian.host_suite()
     _check_port(url, suite, a)
     if os.geteuid() != 0:
@@ -163,7 +168,7 @@ def make_rootfs(
         log.info("debootstrap --foreign %s %s for %s into %s", suite, variant, a.debian, target)
         with _package_cache(suite, a.debian) as pkgs:
             _run_streaming(debootstrap_argv(tmp, a.debian, suite, url, variant, keyring, pkgs))
-        if second_stage:
+        if req.second_stage:
             _second_stage(tmp, a)
         # rename(2) replaces an empty directory, which is all _check_target let through.
         os.rename(tmp, target)
@@ -202,17 +207,14 @@ def _check_port(url: str, suite: str, a: archmod.Arch) -> None:
 
 def _second_stage(tree: Path, a: archmod.Arch) -> None:
     # Imported here: the runner pulls in the supervisor, which the first stage never needs.
-    from .runner import run_in_rootfs
+    from .runner import RunRequest, run_in_rootfs
 
     log.info("running the second stage through xshim run (this takes minutes)")
-    rc = run_in_rootfs(
+    rc = run_in_rootfs(RunRequest(
         rootfs=str(tree),
-        command=["/debootstrap/debootstrap", "--second-stage"],
-        platform=a.platform,
-        qemu=[],
-        trace=None,
-        workdir="/",
-    )
+        command=("/debootstrap/debootstrap", "--second-stage"),
+        platform=a,
+    ))
     if rc != 0:
         log_file = tree / "debootstrap" / "debootstrap.log"
         detail = ""

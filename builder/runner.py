@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..shim import arch as archmod
@@ -40,7 +41,7 @@ from ..shim.supervisor import (
     supervise,
 )
 from ..shim.tracelog import LOG_VALUES, TraceSink, open_sink
-from .errors import InputError, PrivilegeError, XshimError, bad_platform
+from .errors import InputError, PrivilegeError, XshimError
 from .qemu import available_emulators, fetch_emulators
 
 log = logging.getLogger("xshim")
@@ -142,20 +143,27 @@ def _setup_dev(rootfs: Path, emulators: dict[str, Path]) -> dict[str, bytes]:
     return inside
 
 
-def run_in_rootfs(
-    rootfs: str | os.PathLike[str],
-    command: list[str],
-    platform: str | None = None,
-    qemu: list[str] | None = None,
-    trace: str | None = None,
-    workdir: str = "/",
-) -> int:
-    """Run ``command`` chrooted into ``rootfs`` with every foreign exec going through qemu.
+@dataclass(frozen=True)
+class RunRequest:
+    """``xshim run``: ``command`` chrooted into ``rootfs``. ``platform``: the rootfs's, checked
+    against the tree (default: read from it); ``trace``: a trace spec (default: $XSHIM_TRACE)."""
+
+    rootfs: str
+    command: tuple[str, ...]
+    platform: archmod.Arch | None = None
+    qemu: tuple[str, ...] = ()
+    trace: str | None = None
+    workdir: str = "/"
+
+
+def run_in_rootfs(req: RunRequest) -> int:
+    """Run the command chrooted into the rootfs with every foreign exec going through qemu.
 
     Returns the command's exit code (128+N when killed by signal N). Every input is checked
     before anything is made or mounted; the mount points it has to create in the rootfs are
     removed again when the command ends.
     """
+    rootfs, command, trace = req.rootfs, req.command, req.trace
     if not str(rootfs).strip():
         raise InputError("--rootfs is empty", "give the directory of a root filesystem, e.g. "
                          "--rootfs /var/tmp/arm64")
@@ -166,12 +174,12 @@ def run_in_rootfs(
             "xshim run needs root: it chroots and mounts /proc, /sys and /dev for the command",
             "run it as root (sudo xshim run ...)",
         )
-    target = _target_platform(root, platform)
-    workdir = _check_workdir(root, workdir)
+    target = _target_platform(root, req.platform)
+    workdir = _check_workdir(root, req.workdir)
     trace_spec, trace_from = (trace, "--trace") if trace is not None else (
         os.environ.get("XSHIM_TRACE"), "XSHIM_TRACE")
     _check_trace(trace_spec, trace_from)
-    explicit = [Path(q) for q in qemu or []]
+    explicit = [Path(q) for q in req.qemu]
     # Every emulator the host has (or was given) is offered, for mixed-architecture trees; the
     # rootfs's own platform must have one, fetched from Debian if need be.
     emulators, missing = available_emulators(archmod.ARCHES, explicit)
@@ -220,22 +228,18 @@ def run_in_rootfs(
     return exit_code(status)
 
 
-def _target_platform(root: Path, platform: str | None) -> archmod.Arch:
+def _target_platform(root: Path, target: archmod.Arch | None) -> archmod.Arch:
     """The rootfs's platform: --platform, which must agree with the tree, or the tree's own."""
-    if not platform:
+    if target is None:
         return detect_platform(root)
-    try:
-        target = archmod.from_platform(platform)
-    except archmod.UnknownPlatformError as e:
-        raise bad_platform(e) from None
     try:
         found: archmod.Arch | None = detect_platform(root)
     except InputError:
         found = None  # nothing to contradict
     if found is not None and found != target:
         raise InputError(
-            f"--platform {platform} contradicts the rootfs {str(root)!r}, whose programs are "
-            f"built for {found.platform}",
+            f"--platform {target.platform} contradicts the rootfs {str(root)!r}, whose programs "
+            f"are built for {found.platform}",
             f"drop --platform (the rootfs's own, {found.platform}, is used), or point --rootfs "
             f"at a {target.platform} tree")
     return target

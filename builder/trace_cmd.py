@@ -19,17 +19,17 @@ from .trace_read import read_files
 from .trace_views import slow, slow_text, summary, summary_text, tree, tree_text
 
 
-@dataclass
+@dataclass(frozen=True)
 class TraceRequest:
     view: str  # summary | tree | slow | export
-    files: list[str]
+    files: tuple[str, ...]
     format: str  # text | json | perfetto | svg
     output: str | None = None
     failed: bool = False
     count: int = 10
 
 
-def run_trace(req: TraceRequest) -> int:
+def run_trace(req: TraceRequest) -> None:
     if req.output and req.output != "-":
         parent = os.path.dirname(os.path.abspath(req.output))
         if not os.path.isdir(parent):
@@ -41,7 +41,6 @@ def run_trace(req: TraceRequest) -> int:
         write_atomic(req.output, text.encode())
     else:
         sys.stdout.write(text)
-    return 0
 
 
 def render(req: TraceRequest, trace: Any) -> str:

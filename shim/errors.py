@@ -2,8 +2,8 @@
 
 Every error the shim raises on purpose derives from ``ShimError``: a message that names what went
 wrong and, where there is one, a hint that says what to do. The builder's errors
-(builder/errors.py) are a separate tree because the shim never imports the builder; the
-``xshim`` command line reports both the same way.
+(builder/errors.py) derive from it too (the builder may import the shim, never the reverse), so
+the ``xshim`` command line reports both the same way.
 """
 
 from __future__ import annotations

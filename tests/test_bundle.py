@@ -19,6 +19,7 @@ import pytest
 from support import foreign
 from xshim.builder import bundle, elf, freeze
 from xshim.builder.errors import InputError
+from xshim.builder.values import parse_arches
 from xshim.shim import arch as archmod
 from xshim.shim.version import __version__
 
@@ -52,14 +53,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_platforms_are_parsed_in_order_without_duplicates() -> None:
-    got = bundle.parse_platforms(["linux/arm64,linux/arm/v7", "arm64", " linux/s390x "])
+    got = parse_arches(["linux/arm64,linux/arm/v7", "arm64", " linux/s390x "])
     assert [a.name for a in got] == ["aarch64", "armhf", "s390x"]
 
 
 @pytest.mark.parametrize("bad", [["linux/vax"], [""], [","]])
 def test_bad_platforms_are_input_errors(bad: list[str]) -> None:
     with pytest.raises(InputError):
-        bundle.parse_platforms(bad)
+        parse_arches(bad)
 
 
 @pytest.mark.parametrize("bad", ["relative", "/", "/a/../b", "/a:b", "/a\nb"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support.foreign import archive_or_skip
 from xshim.builder import debian
+from xshim.builder.cli import exit_status
 from xshim.builder.errors import InputError
 from xshim.shim import arch as archmod
 
@@ -103,7 +104,7 @@ def test_find_mirror_order(tmp_path: Path) -> None:
 def test_find_mirror_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="XSHIM_MIRROR") as e:
         debian.find_mirror(None, {"XSHIM_MIRROR": "mirror.example/debian"}, tmp_path)
-    assert e.value.exit_code == 2
+    assert exit_status(e.value) == 2
     with pytest.raises(InputError, match="no Debian mirror") as e:
         debian.find_mirror(None, {}, _apt_dir(tmp_path))
     assert e.value.hint is not None and "--mirror" in e.value.hint

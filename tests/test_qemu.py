@@ -18,9 +18,17 @@ from support.foreign import (
     guest_programs,
 )
 from xshim.builder import debian, qemu
+from xshim.builder.cli import exit_status
+from xshim.builder.values import parse_arch
 from xshim.shim import arch as archmod
 
 HOST_QEMU = Path("/usr/bin/qemu-aarch64-static")
+
+
+def _p(*platforms: str) -> list[archmod.Arch]:
+    return [parse_arch(p) for p in platforms]
+
+
 needs_host_qemu = pytest.mark.skipif(not HOST_QEMU.is_file(),
                                      reason="qemu-user-static is not installed on this host")
 x86_64_only = pytest.mark.skipif(archmod.host_arch().name != "x86_64",
@@ -42,14 +50,14 @@ def test_target_from_name(name: str, target: str) -> None:
 def test_unreadable_names_are_input_errors(name: str) -> None:
     with pytest.raises(qemu.NotAnEmulatorError, match="file name") as e:
         qemu.target_from_name(Path(name))
-    assert e.value.exit_code == 2
+    assert exit_status(e.value) == 2
 
 
 @needs_host_qemu
 def test_explicit_path_wins_and_serves_every_arch_of_its_target(tmp_path: Path) -> None:
     mine = tmp_path / "qemu-arm-static"
     shutil.copy2("/usr/bin/qemu-arm-static", mine)
-    got = qemu.find_emulators(["linux/arm/v7", "linux/arm/v6"], [mine], search_dirs=[],
+    got = qemu.find_emulators(_p("linux/arm/v7", "linux/arm/v6"), [mine], search_dirs=[],
                               download=False)
     assert got == {"armhf": mine, "armel": mine}
 
@@ -61,7 +69,7 @@ def test_foreign_elf_is_refused_as_emulator(tmp_path: Path) -> None:
     fake = tmp_path / "qemu-aarch64-static"
     shutil.copy2(progs["exitcode"], fake)
     with pytest.raises(qemu.NotAnEmulatorError, match="linux/arm64") as e:
-        qemu.find_emulators(["linux/arm64"], [fake], search_dirs=[], download=False)
+        qemu.find_emulators(_p("linux/arm64"), [fake], search_dirs=[], download=False)
     assert "linux/amd64" in str(e.value)
 
 
@@ -70,41 +78,41 @@ def test_non_elf_and_missing_explicit_paths(tmp_path: Path) -> None:
     script.write_text("#!/bin/sh\nexec true\n")
     script.chmod(0o755)
     with pytest.raises(qemu.NotAnEmulatorError, match="not an ELF"):
-        qemu.find_emulators(["linux/arm64"], [script], search_dirs=[], download=False)
+        qemu.find_emulators(_p("linux/arm64"), [script], search_dirs=[], download=False)
     with pytest.raises(qemu.NotAnEmulatorError, match="no such file"):
-        qemu.find_emulators(["linux/arm64"], [tmp_path / "qemu-s390x-static"], download=False)
+        qemu.find_emulators(_p("linux/arm64"), [tmp_path / "qemu-s390x-static"], download=False)
     with pytest.raises(qemu.NotAnEmulatorError, match="not one xshim knows"):
-        qemu.find_emulators(["linux/arm64"], [tmp_path / "qemu-hexagon-static"], download=False)
+        qemu.find_emulators(_p("linux/arm64"), [tmp_path / "qemu-hexagon-static"], download=False)
 
 
 @needs_host_qemu
 def test_search_dirs_find_host_emulators(tmp_path: Path) -> None:
     (tmp_path / "qemu-s390x-static").symlink_to("/usr/bin/qemu-s390x-static")
-    got = qemu.find_emulators(["linux/s390x"], search_dirs=[tmp_path], download=False)
+    got = qemu.find_emulators(_p("linux/s390x"), search_dirs=[tmp_path], download=False)
     assert got == {"s390x": Path("/usr/bin/qemu-s390x-static")}
     # Default search: PATH and /usr/bin.
-    assert qemu.find_emulators(["linux/arm64"], download=False)["aarch64"] == HOST_QEMU
+    assert qemu.find_emulators(_p("linux/arm64"), download=False)["aarch64"] == HOST_QEMU
 
 
 def test_missing_emulator_error_names_the_package(tmp_path: Path) -> None:
     with pytest.raises(qemu.MissingEmulatorError) as e:
-        qemu.find_emulators(["linux/riscv64", "linux/s390x"], search_dirs=[tmp_path],
+        qemu.find_emulators(_p("linux/riscv64", "linux/s390x"), search_dirs=[tmp_path],
                             download=False)
-    assert e.value.exit_code == 3
+    assert exit_status(e.value) == 3
     assert "qemu-riscv64-static" in str(e.value) and "qemu-s390x-static" in str(e.value)
     assert e.value.hint is not None and "qemu-user-static" in e.value.hint
 
 
 @x86_64_only
 def test_native_arches_need_no_emulator(tmp_path: Path) -> None:
-    assert qemu.find_emulators(["linux/amd64", "linux/386"], search_dirs=[tmp_path],
+    assert qemu.find_emulators(_p("linux/amd64", "linux/386"), search_dirs=[tmp_path],
                                download=False) == {}
 
 
 def test_unknown_platform_is_input_error() -> None:
     with pytest.raises(qemu.InputError, match="unknown platform") as e:
-        qemu.find_emulators(["linux/vax"], download=False)
-    assert e.value.exit_code == 2
+        qemu.find_emulators(_p("linux/vax"), download=False)
+    assert exit_status(e.value) == 2
 
 
 @needs_host_qemu
@@ -136,7 +144,7 @@ def test_download_from_debian_and_run_a_foreign_program() -> None:
     assert_no_binfmt(["linux/arm64", "linux/s390x"])
     archive = archive_or_skip()
     cache = _download_cache()
-    got = qemu.find_emulators(["linux/arm64", "linux/s390x"], search_dirs=[], archive=archive,
+    got = qemu.find_emulators(_p("linux/arm64", "linux/s390x"), search_dirs=[], archive=archive,
                               cache=cache)
     assert set(got) == {"aarch64", "s390x"}
     for name, path in got.items():
@@ -159,7 +167,7 @@ def test_download_from_debian_and_run_a_foreign_program() -> None:
 def test_tampered_cached_emulator_is_unpacked_again(caplog: pytest.LogCaptureFixture) -> None:
     archive = archive_or_skip()
     cache = _download_cache()
-    (path,) = qemu.find_emulators(["linux/riscv64"], search_dirs=[], archive=archive,
+    (path,) = qemu.find_emulators(_p("linux/riscv64"), search_dirs=[], archive=archive,
                                   cache=cache).values()
     good = debian.sha256_file(path)
     with open(path, "r+b") as f:
@@ -167,7 +175,7 @@ def test_tampered_cached_emulator_is_unpacked_again(caplog: pytest.LogCaptureFix
         byte = f.read(1)
         f.seek(4096)
         f.write(bytes([byte[0] ^ 0xFF]))
-    again = qemu.find_emulators(["linux/riscv64"], search_dirs=[], archive=archive,
+    again = qemu.find_emulators(_p("linux/riscv64"), search_dirs=[], archive=archive,
                                 cache=cache)["riscv64"]
     assert again == path and debian.sha256_file(again) == good
     assert "does not match" in caplog.text
@@ -202,7 +210,7 @@ def test_tampered_qemu_package_is_refused(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     local = debian.Archive(f"file://{mirror}", archive.suite, cache=cache)
     with pytest.raises(debian.ChecksumError) as e:
-        qemu.find_emulators(["linux/arm64"], search_dirs=[], archive=local, cache=cache)
+        qemu.find_emulators(_p("linux/arm64"), search_dirs=[], archive=local, cache=cache)
     assert e.value.expected == info.sha256 and e.value.got != info.sha256
     assert not (cache / "qemu").exists()
     assert not list(cache.rglob("*.deb*"))  # neither the bad .deb nor a partial one kept
@@ -240,7 +248,7 @@ def test_binfmt_guard_ignores_an_unmounted_dir(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not Path("/usr/share/binfmts/qemu-aarch64").is_file(),
                     reason="qemu-user-static's binfmts files are not installed")
-def test_binfmt_guard_names_qemu_handlers_and_their_arches(tmp_path: Path) -> None:
+def test_binfmt_guard_names_qemu_handlers_and_their_p(tmp_path: Path) -> None:
     d = _fake_binfmt(tmp_path, {
         "qemu-aarch64": _kernel_entry(Path("/usr/share/binfmts/qemu-aarch64")),
         "arm-handler": _kernel_entry(Path("/usr/share/binfmts/qemu-arm")),

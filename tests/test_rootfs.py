@@ -10,6 +10,7 @@ from support import trees
 from support.foreign import archive_or_skip, arm64_first_stage, cache_root
 from xshim.builder import cli, rootfs
 from xshim.builder.errors import InputError, ToolFailedError
+from xshim.builder.values import parse_arch
 from xshim.shim import arch as archmod
 
 root_only = pytest.mark.root(reason="debootstrap needs root")
@@ -38,7 +39,7 @@ def test_non_empty_dir_is_refused_and_left_alone(
 ])
 def test_bad_platform_is_input_error(tmp_path: Path, platform: str, message: str) -> None:
     with pytest.raises(InputError, match=message):
-        rootfs.make_rootfs(tmp_path / "t", platform=platform)
+        rootfs.make_rootfs(rootfs.RootfsRequest(tmp_path / "t", platform=parse_arch(platform)))
     assert not (tmp_path / "t").exists()
 
 
@@ -46,9 +47,9 @@ def test_target_must_be_a_directory_with_a_parent(tmp_path: Path) -> None:
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(InputError, match="not a directory"):
-        rootfs.make_rootfs(f)
+        rootfs.make_rootfs(rootfs.RootfsRequest(f))
     with pytest.raises(InputError, match="no such directory") as e:
-        rootfs.make_rootfs(tmp_path / "missing" / "tree")
+        rootfs.make_rootfs(rootfs.RootfsRequest(tmp_path / "missing" / "tree"))
     assert e.value.hint is not None and "mkdir -p" in e.value.hint
 
 
@@ -67,8 +68,8 @@ def test_mounts_under_reads_mountinfo() -> None:
 def test_failing_debootstrap_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "tree"
     with pytest.raises(ToolFailedError, match="debootstrap") as e:
-        rootfs.make_rootfs(target, platform="linux/arm64", suite="bookworm",
-                           mirror=f"file://{tmp_path}/no-mirror")
+        rootfs.make_rootfs(rootfs.RootfsRequest(target, suite="bookworm",
+                                                mirror=f"file://{tmp_path}/no-mirror"))
     assert e.value.returncode != 0
     assert not target.exists()
     assert _siblings(target) == []

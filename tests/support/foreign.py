@@ -140,13 +140,13 @@ def arm64_first_stage() -> Path:
     if os.geteuid() != 0:
         pytest.skip("debootstrap needs root")
     archive_or_skip(SUITE)
-    from xshim.builder.rootfs import make_rootfs
+    from xshim.builder.rootfs import RootfsRequest, make_rootfs
 
     if not final.exists():
         with _locked(name):
             if not final.exists():
                 # make_rootfs builds beside `final` and renames at the end, like _cached.
-                make_rootfs(final, platform="linux/arm64", suite=SUITE, variant="minbase")
+                make_rootfs(RootfsRequest(final, suite=SUITE, variant="minbase"))
     return final
 
 
