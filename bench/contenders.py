@@ -65,24 +65,43 @@ def binfmt_register_line(a: archmod.Arch, interpreter: str) -> str:
     return f":{BINFMT_NAME}:M::{esc(magic)}:{esc(mask)}:{interpreter}:F"
 
 
-# Runs as root of a fresh user namespace; $1 host user-ns id, $2 register line, $3 tree.
+# Runs as root of a fresh user namespace; $0 the caller's name for messages, $1 host user-ns
+# id, $2 register line, $3 tree, $4 "mount" to mount /proc and /dev in the tree first, or "".
 _NS_SCRIPT = """\
 set -e
 if [ "$(readlink /proc/self/ns/user)" = "$1" ]; then
-    echo "xshim-bench: still in the host's user namespace; not mounting binfmt_misc" >&2
+    echo "$0: still in the host's user namespace; not mounting binfmt_misc" >&2
     exit 97
 fi
 mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
 printf '%s' "$2" > /proc/sys/fs/binfmt_misc/register
 tree=$3
-shift 3
+mounts=$4
+shift 4
+if [ -n "$mounts" ]; then
+    mount -t proc proc "$tree/proc"
+    mount --rbind /dev "$tree/dev"
+fi
 exec chroot "$tree" "$@"
 """
+# What the script exits with when it finds itself in the host's user namespace.
+STILL_IN_HOST_NS = 97
 
 UNSHARE_USERNS = [
     "unshare", "--user", "--map-users=0,0,65536", "--map-groups=0,0,65536",
     "--mount", "--pid", "--fork",
 ]
+
+
+def under_binfmt(
+    qemu: Path, tree: str, argv: list[str], *, name: str, mounts: bool = False
+) -> list[str]:
+    """The host command line that runs guest ``argv`` chrooted in ``tree`` with ``qemu``
+    registered in binfmt_misc (F flag) inside a private user namespace, never the host's.
+    ``mounts``: mount /proc and /dev in the tree first; ``name`` leads the script's messages."""
+    register = binfmt_register_line(AARCH64, str(qemu))
+    return [*UNSHARE_USERNS, "/bin/sh", "-c", _NS_SCRIPT, name, user_ns_id(), register, tree,
+            "mount" if mounts else "", *argv]
 
 
 @dataclass(frozen=True)
@@ -130,9 +149,7 @@ def guest_command(c: Contender, tree: Path, argv: list[str], tools: Tools) -> li
     """The host command line that runs guest ``argv`` (absolute guest paths) in ``tree``."""
     t = str(tree)
     if c.name == "binfmt":
-        register = binfmt_register_line(AARCH64, str(tools.qemu))
-        return [*UNSHARE_USERNS, "/bin/sh", "-c", _NS_SCRIPT, "xshim-bench-ns",
-                user_ns_id(), register, t, *argv]
+        return under_binfmt(tools.qemu, t, argv, name="xshim-bench")
     if c.name == "proot":
         return ["unshare", "--mount", "--propagation", "private",
                 "proot", "-0", "-q", str(tools.qemu), "-r", t,

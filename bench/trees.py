@@ -71,23 +71,13 @@ def fresh_copy(src: Path, dest: Path) -> Path:
     return dest
 
 
-def _mounts_under(path: Path) -> list[str]:
-    root = os.path.realpath(path).rstrip("/") + "/"
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            mp = fields[4].replace("\\040", " ")
-            if (mp.rstrip("/") + "/").startswith(root):
-                found.append(mp)
-    return found
-
-
 def remove_tree(path: Path) -> None:
     """Delete a used copy, but never through a mount point left attached inside it."""
     if not path.exists():
         return
-    mounted = _mounts_under(path)
+    from xshim.builder.rootfs import mounts_under
+
+    mounted = mounts_under(path)
     if mounted:
         raise TreeError(
             f"not deleting {path}: still mounted inside it: {', '.join(mounted)}; "

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from . import tools
 from .errors import InputError, MissingToolError, XshimError
+from .fsutil import sha256_file
 
 log = logging.getLogger("xshim")
 
@@ -318,14 +319,6 @@ def package_info(stanza: Mapping[str, str]) -> PackageInfo:
 
 
 # --- checksums and ar (pure) ---------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_sha256(data: bytes, expected: str, what: str) -> bytes:

@@ -58,8 +58,6 @@ from .dockerfile_stages import analyse as analyse_stages
 from .errors import InputError, SourceError
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
-DEFAULT_PREFIX = layout.DEFAULT_PREFIX
-DEFAULT_BUNDLE = layout.DEFAULT_DIR
 TRACE_ARG = "XSHIM_TRACE"
 # Where BuildKit mounts the script of a ``RUN <<EOF`` whose body starts with ``#!``.
 HEREDOC_PIPES = "/dev/pipes"
@@ -82,8 +80,8 @@ class Options:
 
     platform: str | None = None
     mode: Mode = Mode.COPY
-    bundle: str = DEFAULT_BUNDLE
-    prefix: str = DEFAULT_PREFIX
+    bundle: str = layout.DEFAULT_DIR
+    prefix: str = layout.DEFAULT_PREFIX
     host: archmod.Arch | None = None  # default: the machine this runs on
     # mount mode: bind-mount the bundle from this named build context (BuildKit's
     # ``--build-context NAME=DIR``) instead of from ``bundle`` inside the build context
@@ -212,7 +210,9 @@ def _with_flag(line: str, keyword: str, flag: str) -> str:
 
 
 @dataclass
-class _Plan:
+class _Edits:
+    """The line edits a rewrite makes, applied in one pass at the end (_apply_edits)."""
+
     replace: dict[int, str] = field(default_factory=dict)  # instruction index -> new line
     first: dict[int, str] = field(default_factory=dict)  # instruction index -> new first line
     after: dict[int, list[str]] = field(default_factory=dict)  # instruction index -> new lines
@@ -231,7 +231,7 @@ class _Shell:
     pending: int | None = None
 
 
-def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Plan,
+def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Edits,
                 findings: list[Finding], filename: str) -> bool:
     ins_list = lexed.instructions
     frm = ins_list[stage.from_index]
@@ -337,7 +337,7 @@ def _see_shell(index: int, ins: Instruction, shell: _Shell, prefix: str, filenam
 
 
 def _plan_run(lexed: Lexed, i: int, ins: Instruction, shell: _Shell, options: Options, prefix: str,
-              style: _Style, plan: _Plan, findings: list[Finding], stage: Stage) -> int:
+              style: _Style, plan: _Edits, findings: list[Finding], stage: Stage) -> int:
     """Plan one RUN of a foreign stage that does not go through the bundle yet; 1 if it or the
     SHELL it runs under changes."""
     mount = options.mode is Mode.MOUNT
@@ -403,7 +403,7 @@ def _rewrite_run(ins: Instruction, options: Options, prefix: str) -> str:
     return _render(ins.keyword, [*flags, ins.flags_raw], [sh, "-c", ins.args])
 
 
-def _assemble(lexed: Lexed, plan: _Plan) -> str:
+def _apply_edits(lexed: Lexed, plan: _Edits) -> str:
     lines = lexed.lines
     out: list[str] = []
     last_new = False
@@ -462,7 +462,7 @@ def check_options(options: Options) -> None:
                 "use a path of letters, digits and . _ + @ / - only")
     if not options.prefix.startswith("/"):
         raise InputError(f"the prefix {options.prefix!r} is not absolute",
-                         f"use an absolute path such as {DEFAULT_PREFIX}")
+                         f"use an absolute path such as {layout.DEFAULT_PREFIX}")
     if options.mount_from is not None:
         if options.mode is not Mode.MOUNT:
             raise InputError("a named build context for the bundle only serves mount mode",
@@ -494,19 +494,17 @@ def patch(text: str, options: Options, filename: str = "Dockerfile") -> PatchRes
         raise SourceError(filename, e.line, e.message,
                           "fix the Dockerfile so that `docker build` accepts it") from None
     stages = analyse(lexed, options, filename)
-    plan = _Plan()
+    plan = _Edits()
     findings: list[Finding] = []
     for stage in stages:
         if stage.foreign:
             stage.needs_patch = _plan_stage(lexed, stage, options, plan, findings, filename)
     findings.sort(key=lambda f: (f.line, f.code))
-    new_text = _assemble(lexed, plan) if (plan.replace or plan.first or plan.after) else text
+    new_text = _apply_edits(lexed, plan) if (plan.replace or plan.first or plan.after) else text
     return PatchResult(new_text, stages, findings, lexed)
 
 
 __all__ = [
-    "DEFAULT_BUNDLE",
-    "DEFAULT_PREFIX",
     "DEFAULT_SHELL",
     "Finding",
     "Level",

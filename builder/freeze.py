@@ -21,11 +21,9 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path, PurePosixPath
 
 from .. import shim as shim_pkg
@@ -187,22 +185,18 @@ def _freeze(work: Path) -> None:
 
 def _run_with_progress(argv: list[str], cwd: Path) -> None:
     start = time.monotonic()
-    tail: deque[str] = deque(maxlen=30)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     # Python's own stdout buffering would hold progress back until the end.
     env["PYTHONUNBUFFERED"] = "1"
-    with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            if _PROGRESS.search(line):
-                step = line.split("INFO: ", 1)[1]
-                log.info("  [%4.1fs] %s", time.monotonic() - start, step[:100])
-            else:
-                log.debug("  %s", line)
-        status = proc.wait()
+
+    def progress(line: str) -> None:
+        if _PROGRESS.search(line):
+            step = line.split("INFO: ", 1)[1]
+            log.info("  [%4.1fs] %s", time.monotonic() - start, step[:100])
+        else:
+            log.debug("  %s", line)
+
+    status, tail = tools.run_streaming(argv, progress, tail=30, cwd=cwd, env=env)
     if status != 0:
         raise FreezeError(
             f"PyInstaller exited with status {status}:\n  " + "\n  ".join(tail),

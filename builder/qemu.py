@@ -330,13 +330,13 @@ def _sum_path(path: Path) -> Path:
 
 
 def _cached_ok(path: Path) -> bool:
-    from . import debian
+    from .fsutil import sha256_file
 
     try:
         want = _sum_path(path).read_text().strip()
     except FileNotFoundError:
         return False
-    if path.is_file() and debian.sha256_file(path) == want:
+    if path.is_file() and sha256_file(path) == want:
         return True
     log.warning("cached emulator %s does not match its recorded sha256; unpacking it again", path)
     return False

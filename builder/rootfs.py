@@ -8,13 +8,11 @@ an interrupt leaves no half-made rootfs behind.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import fcntl
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,17 +111,9 @@ def _remove_tree(path: Path) -> None:
 
 def _run_streaming(argv: list[str]) -> None:
     """Run a long program, its output turned into log lines; a failure carries its last lines."""
-    full = [tools.find(argv[0]), *argv[1:]]
-    tail: collections.deque[str] = collections.deque(maxlen=20)
-    with subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL) as proc:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            tail.append(line)
-            # debootstrap prints one I: line per package and step: that is the progress.
-            log.info("%s: %s", argv[0], line)
-        rc = proc.wait()
+    # debootstrap prints one I: line per package and step: that is the progress.
+    rc, tail = tools.run_streaming([tools.find(argv[0]), *argv[1:]],
+                                   lambda line: log.info("%s: %s", argv[0], line), tail=20)
     if rc != 0:
         raise ToolFailedError(argv, rc, "\n".join(tail))
 

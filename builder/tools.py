@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from .errors import MissingToolError, ToolFailedError
 
@@ -55,3 +57,21 @@ def run(
         out = proc.stdout.decode(errors="replace") if proc.stdout else ""
         raise ToolFailedError(list(argv), proc.returncode, out)
     return proc
+
+
+def run_streaming(
+    argv: Sequence[str], on_line: Callable[[str], None], *, tail: int,
+    cwd: Path | None = None, env: Mapping[str, str] | None = None,
+) -> tuple[int, list[str]]:
+    """Run a long program, each line of its output (stdout and stderr) handed to ``on_line`` as
+    it comes; return its exit status and its last ``tail`` lines, for the error if it failed."""
+    last: collections.deque[str] = collections.deque(maxlen=tail)
+    with subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            last.append(line)
+            on_line(line)
+        status = proc.wait()
+    return status, list(last)

@@ -54,7 +54,7 @@ def find_layout() -> Layout:
     return Layout.of_shim(sys.executable)
 
 
-def find_emulators(layout: Layout) -> dict[str, bytes]:
+def bundled_emulators(layout: Layout) -> dict[str, bytes]:
     """The bundle's emulators, by architecture name (paths as the image sees them)."""
     from .arch import ARCHES
 
@@ -256,7 +256,7 @@ def _run(layout: Layout, argv: list[bytes], program: bytes | None, search_path: 
     except OSError:
         self_ids = frozenset()
     config = Config(
-        emulators=find_emulators(layout),
+        emulators=bundled_emulators(layout),
         self_ids=self_ids,
         guest_shell=guest_shell(layout).encode(),
         trace=sink,

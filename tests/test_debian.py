@@ -14,6 +14,7 @@ from support.foreign import archive_or_skip
 from xshim.builder import debian
 from xshim.builder.cli import exit_status
 from xshim.builder.errors import InputError
+from xshim.builder.fsutil import sha256_file
 from xshim.shim import arch as archmod
 
 network = pytest.mark.network
@@ -289,7 +290,7 @@ def test_missing_suite_and_package_are_archive_errors(tmp_path: Path) -> None:
 def test_download_verify_and_extract_busybox(tmp_path: Path) -> None:
     archive = archive_or_skip()
     info, deb = archive.fetch_package("busybox-static", "armhf")
-    assert debian.sha256_file(deb) == info.sha256
+    assert sha256_file(deb) == info.sha256
     assert deb.stat().st_size == info.size
     (busybox,) = debian.extract_deb(deb, tmp_path, ["bin/busybox"])
     ident = archmod.parse_ident(busybox.read_bytes()[:64])
@@ -324,7 +325,7 @@ def test_tampered_cache_entry_is_fetched_again(
     with caplog.at_level(logging.WARNING, logger="xshim"):
         again = own.fetch(info)
     assert again == first
-    assert debian.sha256_file(again) == info.sha256
+    assert sha256_file(again) == info.sha256
     assert "corrupt" in caplog.text
 
 

@@ -34,23 +34,6 @@ ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "
 NO_PTRACE_CAP = ["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace", "--"]
 NATIVE_SRC = Path(__file__).resolve().parent / "native"
 
-# Runs as root of a fresh user namespace: $1 host user-ns id, $2 register line, $3 tree.
-_NS_SCRIPT = """\
-set -e
-if [ "$(readlink /proc/self/ns/user)" = "$1" ]; then
-    echo "still in the host's user namespace; not mounting binfmt_misc" >&2
-    exit 97
-fi
-mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-printf '%s' "$2" > /proc/sys/fs/binfmt_misc/register
-tree=$3
-shift 3
-mount -t proc proc "$tree/proc"
-mount --rbind /dev "$tree/dev"
-exec chroot "$tree" "$@"
-"""
-
-
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if contenders.unavailable_reason(contenders.BY_NAME["binfmt"], _tools()) is not None:
@@ -80,9 +63,8 @@ def _tools() -> contenders.Tools:
 
 
 def under_binfmt(root: Path, script: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    register = contenders.binfmt_register_line(contenders.AARCH64, str(_tools().qemu))
-    argv = [*contenders.UNSHARE_USERNS, "/bin/sh", "-c", _NS_SCRIPT, "xshim-differential",
-            hostguard.user_ns_id(), register, str(root), "/bin/sh", "-c", script]
+    argv = contenders.under_binfmt(_tools().qemu, str(root), ["/bin/sh", "-c", script],
+                                   name="xshim-differential", mounts=True)
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
@@ -189,7 +171,7 @@ CASES = {
 def test_same_as_binfmt(tree: Path, case: str) -> None:
     script = CASES[case]
     kernel = under_binfmt(tree, script)
-    assert kernel.returncode != 97, kernel.stderr
+    assert kernel.returncode != contenders.STILL_IN_HOST_NS, kernel.stderr
     shim = under_xshim(tree, script)
     assert (shim.returncode, shim.stdout) == (kernel.returncode, kernel.stdout), (
         f"binfmt: {kernel.returncode} {kernel.stdout!r} {kernel.stderr[-500:]!r}\n"

@@ -19,6 +19,7 @@ from support.foreign import (
 )
 from xshim.builder import debian, qemu
 from xshim.builder.cli import exit_status
+from xshim.builder.fsutil import sha256_file
 from xshim.builder.values import parse_arch
 from xshim.shim import arch as archmod
 
@@ -169,7 +170,7 @@ def test_tampered_cached_emulator_is_unpacked_again(caplog: pytest.LogCaptureFix
     cache = _download_cache()
     (path,) = qemu.find_emulators(_p("linux/riscv64"), search_dirs=[], archive=archive,
                                   cache=cache).values()
-    good = debian.sha256_file(path)
+    good = sha256_file(path)
     with open(path, "r+b") as f:
         f.seek(4096)
         byte = f.read(1)
@@ -177,7 +178,7 @@ def test_tampered_cached_emulator_is_unpacked_again(caplog: pytest.LogCaptureFix
         f.write(bytes([byte[0] ^ 0xFF]))
     again = qemu.find_emulators(_p("linux/riscv64"), search_dirs=[], archive=archive,
                                 cache=cache)["riscv64"]
-    assert again == path and debian.sha256_file(again) == good
+    assert again == path and sha256_file(again) == good
     assert "does not match" in caplog.text
 
 

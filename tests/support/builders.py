@@ -270,10 +270,10 @@ def pick_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def elf_arch(path: Path) -> archmod.Arch | None:
     """The architecture of an ELF file, None for anything that is not ELF."""
-    with path.open("rb") as f:
-        head = f.read(64)
+    from xshim.builder.qemu import elf_arch as read_arch
+
     try:
-        return archmod.arch_of(archmod.parse_ident(head))
+        return read_arch(path)
     except archmod.NotElfError:
         return None
 
