@@ -5,8 +5,9 @@ against the Debian archive keyring, the SHA256 of ``Packages.xz`` comes from the
 and the SHA256 of each ``.deb`` comes from that verified ``Packages`` index. No byte that has not
 passed its check is returned, cached or unpacked.
 
-The parsers (apt sources, Release, Packages stanzas, ar members) are pure functions over text or
-bytes; network, gpgv and the cache sit at the edges, in :class:`Archive`.
+The parsers (apt sources in ``apt_sources.py``, Release and Packages stanzas here, the .deb's ar
+members in ``deb.py``) are pure functions over text or bytes; network, gpgv and the cache sit at
+the edges, in :class:`Archive`.
 
 The mirror is never built in: it comes from ``--mirror``, ``$XSHIM_MIRROR`` or this machine's apt
 configuration.
@@ -19,217 +20,47 @@ import io
 import logging
 import lzma
 import os
-import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import tools
-from .errors import InputError, MissingToolError, XshimError
+
+# The mirror discovery, the .deb format and the archive's errors have modules of their own; they
+# are named here too, as the archive client's API.
+from .apt_sources import APT_DIR as APT_DIR
+from .apt_sources import OS_RELEASE as OS_RELEASE
+from .apt_sources import AptSource as AptSource
+from .apt_sources import choose_main as choose_main
+from .apt_sources import find_mirror as find_mirror
+from .apt_sources import host_suite as host_suite
+from .apt_sources import parse_deb822_sources as parse_deb822_sources
+from .apt_sources import parse_one_line_sources as parse_one_line_sources
+from .apt_sources import parse_os_release as parse_os_release
+from .apt_sources import read_apt_sources as read_apt_sources
+from .deb import ar_members as ar_members
+from .deb import check_sha256 as check_sha256
+from .deb import deb_data_tar as deb_data_tar
+from .deb import extract_deb as extract_deb
+from .deb import read_deb_members as read_deb_members
+from .errors import ArchiveError as ArchiveError
+from .errors import ArchiveUnreachableError as ArchiveUnreachableError
+from .errors import ChecksumError as ChecksumError
+from .errors import DebFormatError as DebFormatError
+from .errors import MissingToolError
+from .errors import SignatureError as SignatureError
 from .fsutil import sha256_file
 
 log = logging.getLogger("xshim")
 
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-APT_DIR = Path("/etc/apt")
-OS_RELEASE = Path("/etc/os-release")
 # Enough for a slow mirror to answer; a dead one fails fast enough for tests to skip.
 TIMEOUT = 30.0
 _CHUNK = 1 << 20
-_URL_SCHEMES = ("http://", "https://", "file://")
-
-
-# --- errors --------------------------------------------------------------------------------------
-
-
-class ArchiveError(XshimError):
-    """The archive answered, but not with what we need (missing file, missing package)."""
-
-
-class ArchiveUnreachableError(ArchiveError):
-    """The archive could not be reached at all (network down, DNS, refused)."""
-
-
-class SignatureError(ArchiveError):
-    """``InRelease`` did not verify against the keyring: nothing from it is trusted."""
-
-
-class ChecksumError(ArchiveError):
-    """Downloaded bytes differ from the digest the signed archive publishes for them."""
-
-    def __init__(self, what: str, expected: str, got: str) -> None:
-        super().__init__(
-            f"checksum mismatch for {what}: expected sha256 {expected}, got {got}; "
-            "the bytes were discarded",
-            "retry; if it persists the mirror is serving corrupt or tampered files: "
-            "pick another with --mirror or $XSHIM_MIRROR",
-        )
-        self.what = what
-        self.expected = expected
-        self.got = got
-
-
-class DebFormatError(ArchiveError):
-    """A .deb that is not an ar archive with a data.tar member."""
-
-
-# --- mirror discovery (pure parsers + one reader) ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AptSource:
-    """One apt source: a URI, a suite and its components (only ``deb`` types are kept)."""
-
-    uri: str
-    suite: str
-    components: tuple[str, ...]
-
-
-def _deb822_stanzas(text: str) -> Iterator[dict[str, str]]:
-    """Split deb822 text into field dicts; continuation lines are joined with newlines."""
-    fields: dict[str, str] = {}
-    key: str | None = None
-    for raw in [*text.splitlines(), ""]:
-        if raw.startswith("#"):
-            continue
-        if not raw.strip():
-            if fields:
-                yield fields
-            fields, key = {}, None
-            continue
-        if raw[0] in " \t" and key is not None:
-            fields[key] += "\n" + raw.strip()
-            continue
-        name, sep, value = raw.partition(":")
-        if not sep:
-            continue
-        key = name.strip().lower()
-        fields[key] = value.strip()
-
-
-def parse_deb822_sources(text: str) -> list[AptSource]:
-    """Parse a ``*.sources`` file (deb822 format) into its ``deb`` sources."""
-    out: list[AptSource] = []
-    for st in _deb822_stanzas(text):
-        if st.get("enabled", "yes").strip().lower() == "no":
-            continue
-        if "deb" not in st.get("types", "").split():
-            continue
-        comps = tuple(st.get("components", "").split())
-        for uri in st.get("uris", "").split():
-            for suite in st.get("suites", "").split():
-                out.append(AptSource(uri.rstrip("/"), suite, comps))
-    return out
-
-
-def parse_one_line_sources(text: str) -> list[AptSource]:
-    """Parse one-line ``sources.list`` text: ``deb [opts] URI SUITE COMPONENT...``."""
-    out: list[AptSource] = []
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line.startswith("deb ") and not line.startswith("deb\t"):
-            continue
-        rest = line[3:].strip()
-        if rest.startswith("["):
-            end = rest.find("]")
-            if end < 0:
-                continue
-            rest = rest[end + 1 :].strip()
-        words = rest.split()
-        if len(words) >= 2:
-            out.append(AptSource(words[0].rstrip("/"), words[1], tuple(words[2:])))
-    return out
-
-
-def _is_side_suite(suite: str) -> bool:
-    return any(suite.endswith(s) for s in ("-security", "/updates", "-updates", "-backports",
-                                            "-proposed-updates"))
-
-
-def choose_main(sources: Iterable[AptSource]) -> AptSource | None:
-    """The main archive among apt sources: ``main`` component, a release suite, no security host.
-
-    Security archives carry only the security suites, so a URI that serves a plain release suite
-    is the main archive. Among those, an entry for the bare suite wins over -updates/-backports.
-    """
-    usable = [s for s in sources if s.uri.startswith(_URL_SCHEMES) and "main" in s.components]
-    usable = [s for s in usable if not s.suite.endswith("-security") and
-              not s.suite.endswith("/updates")]
-    for s in usable:
-        if not _is_side_suite(s.suite):
-            return s
-    if usable:
-        base = usable[0].suite.split("-", 1)[0]
-        return AptSource(usable[0].uri, base, usable[0].components)
-    return None
-
-
-def read_apt_sources(apt_dir: Path = APT_DIR) -> list[AptSource]:
-    """Every ``deb`` source in this machine's apt configuration, in apt's reading order."""
-    out: list[AptSource] = []
-    main_list = apt_dir / "sources.list"
-    if main_list.is_file():
-        out += parse_one_line_sources(main_list.read_text(errors="replace"))
-    d = apt_dir / "sources.list.d"
-    if d.is_dir():
-        for f in sorted(d.iterdir()):
-            if f.suffix == ".sources":
-                out += parse_deb822_sources(f.read_text(errors="replace"))
-            elif f.suffix == ".list":
-                out += parse_one_line_sources(f.read_text(errors="replace"))
-    return out
-
-
-def parse_os_release(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        k, sep, v = line.partition("=")
-        if sep and k.strip() and not k.startswith("#"):
-            out[k.strip()] = v.strip().strip("'\"")
-    return out
-
-
-def find_mirror(
-    explicit: str | None = None,
-    env: Mapping[str, str] | None = None,
-    apt_dir: Path = APT_DIR,
-) -> str:
-    """The mirror URL: ``explicit``, else ``$XSHIM_MIRROR``, else apt's main archive."""
-    env = os.environ if env is None else env
-    for value, origin in ((explicit, "--mirror"), (env.get("XSHIM_MIRROR"), "XSHIM_MIRROR")):
-        if value:
-            if not value.startswith(_URL_SCHEMES):
-                raise InputError(
-                    f"{origin}: {value!r} is not an http://, https:// or file:// URL",
-                    "give the mirror's base URL, the directory that holds dists/ and pool/",
-                )
-            return value.rstrip("/")
-    main = choose_main(read_apt_sources(apt_dir))
-    if main is None:
-        raise InputError(
-            f"no Debian mirror found in {apt_dir}/sources.list or {apt_dir}/sources.list.d/",
-            "pass --mirror URL or set XSHIM_MIRROR to a Debian mirror's base URL",
-        )
-    return main.uri
-
-
-def host_suite(apt_dir: Path = APT_DIR, os_release: Path = OS_RELEASE) -> str:
-    """The host's Debian suite: from apt's main source, else ``VERSION_CODENAME``."""
-    main = choose_main(read_apt_sources(apt_dir))
-    if main is not None:
-        return main.suite
-    if os_release.is_file():
-        code = parse_os_release(os_release.read_text(errors="replace")).get("VERSION_CODENAME")
-        if code:
-            return code
-    raise InputError(
-        "can't tell this host's Debian suite (no apt source, no VERSION_CODENAME in os-release)",
-        "pass --suite, e.g. --suite bookworm",
-    )
 
 
 # --- Release and Packages (pure) -----------------------------------------------------------------
@@ -316,129 +147,6 @@ def package_info(stanza: Mapping[str, str]) -> PackageInfo:
     except (KeyError, ValueError) as e:
         name = stanza.get("Package", "?")
         raise ArchiveError(f"Packages stanza for {name} lacks a valid {e} field") from None
-
-
-# --- checksums and ar (pure) ---------------------------------------------------------------------
-
-
-def check_sha256(data: bytes, expected: str, what: str) -> bytes:
-    """Return ``data`` when its SHA256 is ``expected``; raise ChecksumError otherwise."""
-    got = hashlib.sha256(data).hexdigest()
-    if got != expected.lower():
-        raise ChecksumError(what, expected.lower(), got)
-    return data
-
-
-def ar_members(data: bytes) -> dict[str, bytes]:
-    """The members of a (System V / GNU) ar archive, as a .deb uses it."""
-    if not data.startswith(b"!<arch>\n"):
-        raise DebFormatError("not a .deb: no ar magic")
-    out: dict[str, bytes] = {}
-    pos = 8
-    while pos + 60 <= len(data):
-        header = data[pos : pos + 60]
-        if header[58:60] != b"`\n":
-            raise DebFormatError(f"not a .deb: bad ar header at offset {pos}")
-        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
-        try:
-            size = int(header[48:58].decode("ascii").strip())
-        except ValueError:
-            raise DebFormatError(f"not a .deb: bad member size at offset {pos}") from None
-        start = pos + 60
-        if start + size > len(data):
-            raise DebFormatError(f"not a .deb: member {name!r} is truncated")
-        out[name] = data[start : start + size]
-        pos = start + size + (size & 1)  # members are 2-byte aligned
-    return out
-
-
-def _decompress(name: str, blob: bytes) -> bytes:
-    if name.endswith(".xz"):
-        return lzma.decompress(blob)
-    if name.endswith(".gz"):
-        import gzip
-
-        return gzip.decompress(blob)
-    if name.endswith(".zst"):
-        try:
-            import zstandard
-
-            return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(blob))
-        except ImportError:
-            return tools.run(["zstd", "-dc"], input=blob, capture=True).stdout
-    if name.endswith(".tar"):
-        return blob
-    raise DebFormatError(f"unsupported .deb member compression: {name}")
-
-
-def deb_data_tar(deb: bytes) -> tarfile.TarFile:
-    """The data.tar of a .deb, decompressed in memory."""
-    members = ar_members(deb)
-    for name, blob in members.items():
-        if name.startswith("data.tar"):
-            return tarfile.open(fileobj=io.BytesIO(_decompress(name, blob)), mode="r:")
-    raise DebFormatError(f"not a .deb: no data.tar member (members: {', '.join(members)})")
-
-
-def _norm(member: str) -> str:
-    return os.path.normpath("/" + member.lstrip("./").lstrip("/")).lstrip("/")
-
-
-def read_deb_members(deb: bytes, wanted: Iterable[str]) -> dict[str, tuple[bytes, int]]:
-    """The contents and modes of some files of a .deb, following symlinks inside the package.
-
-    Paths may be given as ``usr/bin/x``, ``./usr/bin/x`` or ``/usr/bin/x``. A missing member is a
-    DebFormatError naming it.
-    """
-    tar = deb_data_tar(deb)
-    by_path = {_norm(m.name): m for m in tar.getmembers()}
-    out: dict[str, tuple[bytes, int]] = {}
-    for want in wanted:
-        path = _norm(want)
-        for _ in range(16):  # symlink hops
-            m = by_path.get(path)
-            if m is None:
-                raise DebFormatError(f"the package has no file {want!r}")
-            if m.issym():
-                base = "/" if m.linkname.startswith("/") else "/" + os.path.dirname(path)
-                path = _norm(os.path.join(base, m.linkname))
-                continue
-            if m.islnk():
-                path = _norm(m.linkname)
-                continue
-            f = tar.extractfile(m)
-            if f is None:
-                raise DebFormatError(f"{want!r} in the package is not a regular file")
-            out[want] = (f.read(), m.mode & 0o7777)
-            break
-        else:
-            raise DebFormatError(f"{want!r}: too many symlink levels in the package")
-    return out
-
-
-def extract_deb(deb: Path, dest: Path, members: Iterable[str] | None = None) -> list[Path]:
-    """Unpack a (verified) .deb into ``dest``: everything, or only ``members`` (links followed).
-
-    Selected members land at ``dest/<member path>`` as regular files with the package's modes.
-    """
-    data = deb.read_bytes()
-    dest.mkdir(parents=True, exist_ok=True)
-    if members is None:
-        tar = deb_data_tar(data)
-        if not hasattr(tarfile, "tar_filter"):  # Python < 3.11.4 has no extraction filters
-            raise DebFormatError("unpacking a whole .deb needs Python >= 3.11.4 (tar filters)")
-        # 'tar' filter: nothing lands outside dest, setuid and group/other-write bits dropped.
-        tar.extractall(dest, filter="tar")
-        return [dest / _norm(m.name) for m in tar.getmembers() if _norm(m.name) != "."]
-    from .fsutil import write_atomic
-
-    written = []
-    for name, (blob, mode) in read_deb_members(data, members).items():
-        target = dest / _norm(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, blob, mode=mode & 0o755)
-        written.append(target)
-    return written
 
 
 # --- I/O edge: HTTP, gpgv, cache -----------------------------------------------------------------

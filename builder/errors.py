@@ -5,9 +5,9 @@ Every error the builder raises on purpose is an ``XshimError``, which has the sh
 are its subclasses here: ``InputError`` (bad input or usage, nothing written; with a place in a
 file: ``SourceError``), ``Unavailable`` (something this host lacks: ``MissingToolError``,
 ``PrivilegeError``, ``qemu.MissingEmulatorError``) and the work itself failing (``ToolFailedError``,
-``BundleError``, ``FreezeError``, ...). Modules that talk to one outside system keep their own
-specific subclasses beside the code that raises them (``qemu.MissingEmulatorError``,
-``debian.ArchiveError`` and its kinds); they derive from these. The Dockerfile lexer's
+``BundleError``, ``FreezeError``, ...). The Debian archive client's kinds (``ArchiveError`` and its
+subclasses) are here too, shared by ``debian.py`` and ``deb.py``; ``qemu.MissingEmulatorError``
+stays beside the code that raises it. All derive from these. The Dockerfile lexer's
 ``LexError`` and ``ShellError`` stay internal to the pure rewriter, which turns them into
 ``SourceError`` with the file and line.
 
@@ -109,3 +109,37 @@ def bad_platform(e: UnknownPlatformError, option: str = "--platform") -> InputEr
     examples = ", ".join(a.platform for a in ARCHES[:3])
     return InputError(f"{option}: {e}",
                       f"give a Docker platform string such as {examples} (os/arch[/variant])")
+
+
+# --- the Debian archive client (debian.py, deb.py) ------------------------------------------------
+
+
+class ArchiveError(XshimError):
+    """The archive answered, but not with what we need (missing file, missing package)."""
+
+
+class ArchiveUnreachableError(ArchiveError):
+    """The archive could not be reached at all (network down, DNS, refused)."""
+
+
+class SignatureError(ArchiveError):
+    """``InRelease`` did not verify against the keyring: nothing from it is trusted."""
+
+
+class ChecksumError(ArchiveError):
+    """Downloaded bytes differ from the digest the signed archive publishes for them."""
+
+    def __init__(self, what: str, expected: str, got: str) -> None:
+        super().__init__(
+            f"checksum mismatch for {what}: expected sha256 {expected}, got {got}; "
+            "the bytes were discarded",
+            "retry; if it persists the mirror is serving corrupt or tampered files: "
+            "pick another with --mirror or $XSHIM_MIRROR",
+        )
+        self.what = what
+        self.expected = expected
+        self.got = got
+
+
+class DebFormatError(ArchiveError):
+    """A .deb that is not an ar archive with a data.tar member."""
