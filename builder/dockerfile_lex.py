@@ -14,404 +14,52 @@ BuildKit's own parser test files; the tests check :func:`dump` against their ``r
 Where BuildKit works on bytes and this module on ``str``, the text is decoded with
 ``surrogateescape`` so that every input byte survives the round trip.
 """
-
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
 
-from .dockerfile_shell import DEFAULT_ESCAPE, GO_SPACE, ShellError, ShellLex
-
-_RE_WHITESPACE = re.compile(r"[\t\v\f\r ]+")
-_RE_DIRECTIVE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z")
-_RE_HEREDOC = re.compile(r"([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)\Z")
-_RE_LEADING_TABS = re.compile(r"^\t+", re.MULTILINE)
-_VALID_DIRECTIVES = ("syntax", "escape", "check")
-_HEREDOC_COMMANDS = frozenset({"add", "copy", "run"})
-_MAYBE_JSON = frozenset({"cmd", "entrypoint", "run", "shell"})
-_MAYBE_JSON_LIST = frozenset({"add", "copy", "volume"})
-_WHITESPACE_LIST = frozenset({"expose", "from"})
-_STRING = frozenset({"maintainer", "stopsignal", "user", "workdir"})
-_KNOWN = (
-    _MAYBE_JSON | _MAYBE_JSON_LIST | _WHITESPACE_LIST | _STRING
-    | {"arg", "env", "label", "healthcheck", "onbuild"}
+from .dockerfile_args import (
+    _can_contain_heredoc,
+    chomp_heredoc,
+    heredocs_from_line,
+    node_from_line,
+    parse_heredoc,
+    parse_json_array,
+    parse_words,
+    split_command,
 )
+from .dockerfile_nodes import (
+    Heredoc,
+    Instruction,
+    Lexed,
+    LexError,
+    go_quote,
+    go_trim_left,
+)
+from .dockerfile_shell import DEFAULT_ESCAPE
 
+_RE_DIRECTIVE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z")
+_VALID_DIRECTIVES = ("syntax", "escape", "check")
 
-def is_go_space(ch: str) -> bool:
-    return ch in GO_SPACE
-
-
-def go_trim_space(s: str) -> str:
-    return go_trim_left(s).rstrip("".join(GO_SPACE))
-
-
-def go_trim_left(s: str) -> str:
-    return s.lstrip("".join(GO_SPACE))
-
-
-class LexError(ValueError):
-    """The text is not a Dockerfile BuildKit would accept. ``line`` is 1-based."""
-
-    def __init__(self, message: str, line: int, end_line: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.line = line
-        self.end_line = end_line if end_line is not None else line
-
-
-@dataclass(frozen=True)
-class Heredoc:
-    name: str
-    fd: int
-    expand: bool
-    chomp: bool
-    content: str = ""
-
-
-@dataclass(frozen=True)
-class Instruction:
-    """One instruction: its physical lines ``[start, end)`` (0-based) and what BuildKit sees."""
-
-    start: int
-    end: int
-    keyword: str  # as written: "RUN", "run", "Run"
-    flags: tuple[str, ...]  # builder flags after processing, as BuildKit's Node.Flags
-    flags_raw: str  # the flags as written in the logical line
-    args: str  # the rest of the logical line after the flags, trimmed
-    logical: str  # the logical line: continuations joined, comments and empty lines dropped
-    json: tuple[str, ...] | None  # exec form: the JSON array's strings; None for shell form
-    heredocs: tuple[Heredoc, ...]
-    values: tuple[str | Instruction, ...]  # the node's arguments as BuildKit's dump shows them
-    sub: Instruction | None = None  # the trigger instruction of an ONBUILD
-    body_start: int = 0  # first line of the heredoc bodies (== end when there are none)
-    unterminated: bool = False  # the file ended inside this instruction's line continuation
-
-    @property
-    def cmd(self) -> str:
-        return self.keyword.lower()
-
-    @property
-    def line(self) -> int:
-        """1-based number of the first line, as BuildKit reports it."""
-        return self.start + 1
-
-
-@dataclass
-class Lexed:
-    """A lexed Dockerfile: its physical lines (with their endings) and its instructions."""
-
-    text: str
-    lines: list[str]
-    instructions: list[Instruction]
-    escape: str
-    directives: dict[str, str] = field(default_factory=dict)
-    bom: bool = False
-
-
-# --- heredocs ---------------------------------------------------------------------------------
-
-
-def parse_heredoc(word: str) -> Heredoc | None:
-    """A heredoc word (``<<EOF``, ``<<-'EOF'``, ``3<<EOF``) as BuildKit reads it, or None."""
-    m = _RE_HEREDOC.match(word)
-    if not m:
-        return None
-    fd = int(m.group(1)) if m.group(1) else 0
-    chomp = m.group(2) == "-"
-    rest = m.group(3)
-    if not rest:
-        return None
-    try:
-        words = ShellLex(skip_unset=True).process_words(rest)
-        if len(words) != 1:
-            return None
-        raw = ShellLex(skip_unset=True, raw_quotes=True).process_words(rest)
-    except ShellError as e:
-        raise LexError(f"failed to process {rest!r}: {e}", 0) from None
-    if len(raw) != len(words):
-        raise LexError(f"internal lexing of heredoc produced inconsistent results: {rest}", 0)
-    word0, raw0 = words[0], raw[0]
-    expand = (word0.count("'") + word0.count('"')) == (raw0.count("'") + raw0.count('"'))
-    return Heredoc(name=word0, fd=fd, expand=expand, chomp=chomp)
-
-
-def heredocs_from_line(line: str) -> list[Heredoc]:
-    try:
-        words = ShellLex(raw_quotes=True, raw_escapes=True, skip_unset=True).process_words(line)
-    except ShellError:
-        words = []  # BuildKit ignores this error: no heredocs then
-    return [h for h in (parse_heredoc(w) for w in words) if h is not None]
-
-
-def chomp_heredoc(content: str) -> str:
-    return _RE_LEADING_TABS.sub("", content)
-
-
-# --- per-instruction argument parsing (BuildKit's line parsers) ------------------------------
-
-
-class _NotJSON(Exception):
-    pass
-
-
-def _reject_constant(name: str) -> object:
-    raise _NotJSON(name)  # Go's JSON has no NaN/Infinity: a syntax error, so shell form
-
-
-def parse_json_array(rest: str) -> tuple[str, ...] | None:
-    """The strings of a JSON array (exec form), None when it is not JSON (shell form).
-
-    Raises LexError for an array holding anything but strings, as BuildKit does.
-    """
-    rest = go_trim_left(rest)
-    if not rest.startswith("["):
-        return None
-    try:
-        value = json.loads(rest, parse_constant=_reject_constant)
-    except (ValueError, _NotJSON):
-        return None
-    if not isinstance(value, list):
-        return None
-    if not all(isinstance(v, str) for v in value):
-        raise LexError(
-            "when using JSON array syntax, arrays must be comprised of strings only", 0)
-    return tuple(value)
-
-
-def parse_words(rest: str, escape: str) -> list[str]:
-    """BuildKit's parseWords: split on spaces, keep quotes and escapes in the words."""
-    words: list[str] = []
-    buf: list[str] = []
-    phase = 0  # 0 spaces, 1 word, 2 quote
-    quote = ""
-    blank_ok = False
-    i = 0
-    n = len(rest)
-    while i <= n:
-        ch = rest[i] if i < n else ""
-        if phase == 0:
-            if i == n:
-                break
-            if ch in GO_SPACE:
-                i += 1
-                continue
-            phase = 1
-        if phase in (1, 2) and i == n:
-            if blank_ok or buf:
-                words.append("".join(buf))
-            break
-        if phase == 1:
-            if ch in GO_SPACE:
-                phase = 0
-                if blank_ok or buf:
-                    words.append("".join(buf))
-                buf = []
-                blank_ok = False
-                i += 1
-                continue
-            if ch in ("'", '"'):
-                quote = ch
-                blank_ok = True
-                phase = 2
-            if ch == escape:
-                if i + 1 == n:
-                    i += 1
-                    continue
-                buf.append(ch)
-                i += 1
-                ch = rest[i]
-            buf.append(ch)
-            i += 1
-            continue
-        if phase == 2:
-            if ch == quote:
-                phase = 1
-            if ch == escape and quote != "'":
-                if i + 1 == n:
-                    phase = 1
-                    i += 1
-                    continue
-                i += 1
-                buf.append(ch)
-                ch = rest[i]
-            buf.append(ch)
-            i += 1
-    return words
-
-
-def _parse_name_val(rest: str, key: str, escape: str) -> tuple[str, ...]:
-    words = parse_words(rest, escape)
-    if not words:
-        return ()
-    if "=" not in words[0]:
-        parts = _RE_WHITESPACE.split(rest, maxsplit=1)
-        if len(parts) < 2:
-            raise LexError(f"{key} must have two arguments", 0)
-        return (parts[0], parts[1], "")
-    out: list[str] = []
-    for w in words:
-        if "=" not in w:
-            raise LexError(
-                f"Syntax error - can't find = in {_go_quote(w)}. "
-                "Must be of the form: name=value", 0)
-        k, v = w.split("=", 1)
-        out += [k, v, "="]
-    return tuple(out)
-
-
-def _values(cmd: str, rest: str, escape: str) -> tuple[tuple[str | Instruction, ...], bool]:
-    """(node values, is_json) for an instruction's arguments."""
-    if cmd in _MAYBE_JSON:
-        if rest == "":
-            return (), False
-        arr = parse_json_array(rest)
-        return ((arr, True) if arr is not None else ((rest,), False))
-    if cmd in _MAYBE_JSON_LIST:
-        arr = parse_json_array(rest)
-        if arr is not None:
-            return arr, True
-        return (tuple(_RE_WHITESPACE.split(rest)) if rest else ()), False
-    if cmd in _WHITESPACE_LIST:
-        return (tuple(_RE_WHITESPACE.split(rest)) if rest else ()), False
-    if cmd in _STRING:
-        return ((rest,) if rest else ()), False
-    if cmd == "arg":
-        return tuple(parse_words(rest, escape)), False
-    if cmd in ("env", "label"):
-        return _parse_name_val(rest, "ENV" if cmd == "env" else "LABEL", escape), False
-    if cmd == "healthcheck":
-        sep = 0
-        while sep < len(rest) and rest[sep] not in GO_SPACE:
-            sep += 1
-        nxt = sep
-        while nxt < len(rest) and rest[nxt] in GO_SPACE:
-            nxt += 1
-        if sep == 0:
-            return (), False
-        inner, is_json = _values("cmd", rest[nxt:], escape)
-        return (rest[:sep], *inner), is_json
-    return ("",), False  # an unknown instruction: BuildKit keeps an empty node
-
-
-def _extract_flags(line: str, escape: str) -> tuple[str, list[str]]:
-    """BuildKit's extractBuilderFlags, byte by byte as in Go: (remaining text, flags)."""
-    data = line.encode("utf-8", "surrogateescape")
-    esc = escape.encode()[0]
-    words: list[str] = []
-    buf = bytearray()
-    phase = 0
-    quote = 0
-    blank_ok = False
-    pos = 0
-    n = len(data)
-
-    def dec(b: bytes) -> str:
-        return b.decode("utf-8", "surrogateescape")
-
-    while pos <= n:
-        ch = data[pos] if pos < n else 0
-        if phase == 0:
-            if pos == n:
-                break
-            if chr(ch) in GO_SPACE:
-                pos += 1
-                continue
-            if ch != ord("-") or pos + 1 == n or data[pos + 1] != ord("-"):
-                return dec(data[pos:]), words
-            phase = 1
-        if phase in (1, 2) and pos == n:
-            word = dec(bytes(buf))
-            if word != "--" and (blank_ok or word):
-                words.append(word)
-            break
-        if phase == 1:
-            if chr(ch) in GO_SPACE:
-                word = dec(bytes(buf))
-                phase = 0
-                if word == "--":
-                    return dec(data[pos:]), words
-                if blank_ok or word:
-                    words.append(word)
-                buf = bytearray()
-                blank_ok = False
-                pos += 1
-                continue
-            if ch in (ord("'"), ord('"')):
-                quote = ch
-                blank_ok = True
-                phase = 2
-                pos += 1
-                continue
-            if ch == esc:
-                if pos + 1 == n:
-                    pos += 1
-                    continue
-                pos += 1
-                ch = data[pos]
-            buf.append(ch)
-            pos += 1
-            continue
-        if phase == 2:
-            if ch == quote:
-                phase = 1
-                pos += 1
-                continue
-            if ch == esc:
-                if pos + 1 == n:
-                    phase = 1
-                    pos += 1
-                    continue
-                pos += 1
-                ch = data[pos]
-            buf.append(ch)
-            pos += 1
-    return "", words
-
-
-def split_command(line: str, escape: str) -> tuple[str, list[str], str, str]:
-    """(command word, flags, args, raw flags text) of a logical line."""
-    parts = _RE_WHITESPACE.split(go_trim_space(line), maxsplit=1)
-    if len(parts) < 2:
-        return parts[0], [], "", ""
-    rest, flags = _extract_flags(parts[1], escape)
-    flags_raw = parts[1][: len(parts[1]) - len(rest)].rstrip(" \t")
-    return parts[0], flags, go_trim_space(rest), flags_raw
-
-
-def node_from_line(line: str, escape: str, start: int = 0, end: int = 0) -> Instruction:
-    keyword, flags, args, flags_raw = split_command(line, escape)
-    cmd = keyword.lower()
-    sub: Instruction | None = None
-    values: tuple[str | Instruction, ...]
-    is_json = False
-    try:
-        if cmd == "onbuild":
-            sub = node_from_line(args, escape, start, end) if args else None
-            values = (sub,) if sub is not None else ()
-        else:
-            values, is_json = _values(cmd, args, escape)
-    except LexError as e:
-        raise LexError(e.message, start + 1, end) from None
-    return Instruction(
-        start=start,
-        end=end,
-        keyword=keyword,
-        flags=tuple(flags),
-        flags_raw=flags_raw,
-        args=args,
-        logical=line,
-        json=tuple(v for v in values if isinstance(v, str)) if is_json else None,
-        heredocs=(),
-        values=values,
-        sub=sub,
-    )
-
-
-def _can_contain_heredoc(ins: Instruction) -> bool:
-    node = ins.sub if ins.cmd == "onbuild" and ins.sub is not None else ins
-    return node.cmd in _HEREDOC_COMMANDS and node.json is None
+# The lexer's API also names what its stages produce and parse (dockerfile_nodes, dockerfile_args).
+__all__ = [
+    "Heredoc",
+    "Instruction",
+    "LexError",
+    "Lexed",
+    "chomp_heredoc",
+    "close_continuation",
+    "dump",
+    "dump_instruction",
+    "heredocs_from_line",
+    "lex",
+    "node_from_line",
+    "parse_heredoc",
+    "parse_json_array",
+    "parse_words",
+    "split_command",
+    "split_lines",
+]
 
 
 # --- the scanner ------------------------------------------------------------------------------
@@ -577,36 +225,13 @@ def _replace(ins: Instruction, **kw: object) -> Instruction:
 # --- BuildKit's AST dump, for comparing with its parser test files -----------------------------
 
 
-def _go_quote(s: str) -> str:
-    """Go's strconv.Quote."""
-    out = ['"']
-    for ch in s:
-        o = ord(ch)
-        if ch == '"' or ch == "\\":
-            out.append("\\" + ch)
-        elif 0xDC80 <= o <= 0xDCFF:  # an undecodable byte kept by surrogateescape
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif ch.isprintable():
-            out.append(ch)
-        elif ch in "\a\b\f\n\r\t\v":
-            out.append("\\" + "abfnrtv"["\a\b\f\n\r\t\v".index(ch)])
-        elif o < 0x20 or o == 0x7F:
-            out.append(f"\\x{o:02x}")
-        elif o < 0x10000:
-            out.append(f"\\u{o:04x}")
-        else:
-            out.append(f"\\U{o:08x}")
-    out.append('"')
-    return "".join(out)
-
-
 def dump_instruction(ins: Instruction) -> str:
     parts = [ins.cmd]
     if ins.flags:
-        parts.append(" [" + " ".join(_go_quote(f) for f in ins.flags) + "]")
+        parts.append(" [" + " ".join(go_quote(f) for f in ins.flags) + "]")
     for v in ins.values:
         parts.append(" (" + dump_instruction(v) + ")" if isinstance(v, Instruction)
-                     else " " + _go_quote(v))
+                     else " " + go_quote(v))
     return "".join(parts).strip()
 
 
