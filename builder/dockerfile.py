@@ -36,11 +36,8 @@ known, so its shell-form RUNs are treated as using ``/bin/sh -c``.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
 
-from ..shim import arch as archmod
 from ..shim import layout
 from .dockerfile_lex import (
     Instruction,
@@ -53,9 +50,10 @@ from .dockerfile_lex import (
     parse_words,
     split_lines,
 )
-from .dockerfile_stages import Stage, resolve_platform, split_targets
+from .dockerfile_options import Finding, Level, Mode, Options, check_options
+from .dockerfile_stages import Stage, resolve_platform
 from .dockerfile_stages import analyse as analyse_stages
-from .errors import InputError, SourceError
+from .errors import SourceError
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 TRACE_ARG = "XSHIM_TRACE"
@@ -63,48 +61,6 @@ TRACE_ARG = "XSHIM_TRACE"
 HEREDOC_PIPES = "/dev/pipes"
 # Writes "$1" to the file "$2", then runs the rest of the arguments: the stage's shell on it.
 _HEREDOC_WRITER = 'printf \'%s\' "$1" >"$2" && chmod 0755 "$2" && shift 2 && exec "$@"'
-
-_SAFE_PATH = re.compile(r"[A-Za-z0-9._+@/-]+")
-_CONTEXT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-
-
-class Mode(Enum):
-    COPY = "copy"
-    MOUNT = "mount"
-
-
-@dataclass(frozen=True)
-class Options:
-    """What to patch for. ``platform`` is the build's target platform, or a comma-separated list
-    of them; ``bundle`` is the bundle directory relative to the build context."""
-
-    platform: str | None = None
-    mode: Mode = Mode.COPY
-    bundle: str = layout.DEFAULT_DIR
-    prefix: str = layout.DEFAULT_PREFIX
-    host: archmod.Arch | None = None  # default: the machine this runs on
-    # mount mode: bind-mount the bundle from this named build context (BuildKit's
-    # ``--build-context NAME=DIR``) instead of from ``bundle`` inside the build context
-    mount_from: str | None = None
-
-
-class Level(StrEnum):
-    """How much a finding matters (hadolint's levels)."""
-
-    ERROR = "error"
-    WARNING = "warning"
-    INFO = "info"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A hadolint-style record (the file name is added at the edge)."""
-
-    line: int
-    column: int
-    level: Level
-    code: str
-    message: str
 
 
 @dataclass
@@ -451,38 +407,6 @@ def _apply_edits(lexed: Lexed, plan: _Edits) -> str:
     if last_new and not lines[-1].endswith("\n"):
         out[-1] = out[-1].rstrip("\r\n")  # the input had no final newline: neither has this
     return "".join(out)
-
-
-def check_options(options: Options) -> None:
-    """Reject option values that would not survive being written into a Dockerfile."""
-    for what, value in (("bundle directory", options.bundle), ("prefix", options.prefix)):
-        if not _SAFE_PATH.fullmatch(value):
-            raise InputError(
-                f"the {what} {value!r} cannot be written into a Dockerfile as is",
-                "use a path of letters, digits and . _ + @ / - only")
-    if not options.prefix.startswith("/"):
-        raise InputError(f"the prefix {options.prefix!r} is not absolute",
-                         f"use an absolute path such as {layout.DEFAULT_PREFIX}")
-    if options.mount_from is not None:
-        if options.mode is not Mode.MOUNT:
-            raise InputError("a named build context for the bundle only serves mount mode",
-                             "add --mode mount, or drop --mount-from")
-        if not _CONTEXT_NAME.fullmatch(options.mount_from):
-            raise InputError(f"{options.mount_from!r} is not a build context name",
-                             "use lower-case letters, digits and . _ - (e.g. xshim), as in "
-                             "--build-context xshim=DIR")
-    elif options.bundle.startswith("/") or options.bundle.split("/")[0] == "..":
-        raise InputError(f"the bundle directory {options.bundle!r} is outside the build context",
-                         "put the bundle inside the build context (xshim bundle -o .xshim), or "
-                         "give it as a named build context (--mode mount --mount-from xshim)")
-    for target in split_targets(options.platform):
-        if target is None:
-            continue
-        try:
-            resolve_platform(target)
-        except archmod.UnknownPlatformError:
-            known = ", ".join(a.platform for a in archmod.ARCHES)
-            raise InputError(f"unknown platform {target!r}", f"use one of: {known}") from None
 
 
 def patch(text: str, options: Options, filename: str = "Dockerfile") -> PatchResult:
