@@ -15,17 +15,12 @@ import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from . import blind, comm, handoff, limits
+from . import blind, comm, handoff, limits, newargv
 from . import inject as ij
 from . import ptrace as pt
 from .plan import Leave, NeedView, Plan, Planner
 from .tracelog import Decision, TraceSink, errname
 
-_RED_ZONE = 128
-# A new argv is written below the stack pointer only if it stays within one page of it: a guard
-# page is at least that big, so a write that misses the stack faults instead of landing in the
-# mapping below. Bigger ones, and any that fault, go to a mapping made for them.
-_STACK_WRITE_MAX = 4096 - _RED_ZONE
 _U64 = (1 << 64) - 1
 _TRACE_ARG_MAX = 1 << 16  # longer arguments are shown cut off, with a marker
 
@@ -34,10 +29,6 @@ class _Retry(NamedTuple):
     """An exec sent round again after calls were injected to prepare it."""
 
     view: blind.View | None
-
-
-class _NeedMemory(Exception):
-    """The new argv (this many bytes) needs memory other than the tracee's stack."""
 
 
 class Execs:
@@ -257,7 +248,7 @@ class Execs:
         try:
             argv_ptrs = self.mem.read_pointers(pid, argv_p, first=argv_head)
             self._rewrite(pid, outcome, path_p, argv_ptrs, envp_p, fd)
-        except _NeedMemory as need:
+        except newargv.NeedMemory as need:
             if fd is not None:
                 self.emu_fds[pid] = fd
             self._map_and_rerun(pid, regs, shown, need.args[0])
@@ -419,68 +410,13 @@ class Execs:
         self, pid: int, plan: Plan, path_p: int, argv_ptrs: list[int], envp_p: int,
         fd: int | None = None,
     ) -> None:
-        """Write the new argv below the tracee's stack pointer and point execve at it.
-
-        The caller's own strings (argv[1:], and the path when it can be reused) stay where they
-        are; only new strings and the new pointer array are written, so a huge argv costs one
-        small write.
-        """
+        """Point the exec at the emulator with its new argv (newargv.write), remembering the
+        caller's registers for a failed exec."""
         regs = self.regs
-        strings = list(plan.head)
-        argv0 = argv_ptrs[0] if argv_ptrs else 0
-        # Which head entries can point at memory the caller already has.
-        reuse: dict[int, int] = {}
-        if not plan.scripts:
-            if argv0:
-                reuse[2] = argv0
-            if plan.path_override is None:
-                reuse[3] = path_p
-        elif plan.path_override is None:
-            reuse[len(strings) - 1] = path_p
-        blob = bytearray()
-        offsets: list[int] = []
-        for i, s in enumerate(strings):
-            if i in reuse:
-                offsets.append(-1)
-                continue
-            offsets.append(len(blob))
-            blob += s + b"\0"
-        empty = len(blob)  # execveat's "" when the emulator is run through a descriptor
-        if fd is not None:
-            blob += b"\0"
-        tail = argv_ptrs[1:]
-        nptrs = len(strings) + len(tail) + 1
-        size = nptrs * 8 + len(blob)
+        saved = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.orig_rax)
         area = self.scratch.get(pid) if self.scratch else None
-        if area is not None and area[1] >= size:
-            base = area[0]
-        elif size > _STACK_WRITE_MAX:
-            raise _NeedMemory(size)
-        else:
-            base = (regs.rsp - _RED_ZONE - size) & ~15
-        str_base = base + nptrs * 8
-        ptrs = [reuse[i] if off < 0 else str_base + off for i, off in enumerate(offsets)]
-        ptrs.extend(tail)
-        ptrs.append(0)
-        try:
-            self.mem.write(pid, base, struct.pack(f"<{nptrs}Q", *ptrs) + bytes(blob))
-        except OSError as e:
-            if e.errno in (errno.EFAULT, errno.EIO) and area is None:
-                raise _NeedMemory(size) from None  # the stack ends within a page below sp
-            raise
-        self.saved[pid] = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.orig_rax)
-        if fd is None:
-            regs.orig_rax = pt.NR_EXECVE
-            regs.rdi = ptrs[0]
-            regs.rsi = base
-            regs.rdx = envp_p
-        else:
-            regs.orig_rax = pt.NR_EXECVEAT
-            regs.rdi = fd
-            regs.rsi = str_base + empty
-            regs.rdx = base
-            regs.r10 = envp_p
-            regs.r8 = pt.AT_EMPTY_PATH
+        newargv.write(self.mem, pid, regs, plan, path_p, argv_ptrs, envp_p, fd, area)
+        self.saved[pid] = saved
         pt.setregs(pid, regs)
         if fd is not None:
             self.emu_fds[pid] = fd  # closed by the exec, or by us if it fails
