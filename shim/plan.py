@@ -47,8 +47,7 @@ class Leave(NamedTuple):
     """An exec that is not rewritten: run natively, left to the kernel, or refused."""
 
     decision: Decision  # NATIVE, KERNEL or REFUSED
-    # What the exec ends with: 0 when it runs; for KERNEL the kernel's errno where known here,
-    # else ENOEXEC (what the trace has always said for it).
+    # What the exec ends with: 0 when it runs; for KERNEL the errno the kernel answers with.
     errno: int
     reason: str  # for people: the trace's "reason" and the refusal message
     arch: Arch | None = None
@@ -207,7 +206,8 @@ class Planner:
             interp = kind.interpreter
             opened = self._open_exec(pid, root_fd, self._absolute(pid, interp), False)
             if isinstance(opened, Leave):
-                return _kernel(f"interpreter {interp.decode(errors='replace')}: {opened.reason}")
+                return _kernel(f"interpreter {interp.decode(errors='replace')}: {opened.reason}",
+                               opened.errno)
             header, ident = opened
             if ident in self.self_ids and self.guest_shell is not None:
                 return self._plan_shell(scripts, script_path, script_path is not path)
@@ -309,13 +309,13 @@ class Planner:
         try:
             target = os.readlink(f"/proc/{pid}/fd/{dirfd}").encode()
         except OSError:
-            return _kernel(f"bad descriptor {dirfd}")
+            return _kernel(f"bad descriptor {dirfd}", errno.EBADF)
         if path:
             base = self._inside_root(pid, target)
             full = base.rstrip(b"/") + b"/" + path
             return full, full
         if flags & pt.AT_EMPTY_PATH == 0:
-            return _kernel("empty path without AT_EMPTY_PATH")
+            return _kernel("empty path without AT_EMPTY_PATH", errno.ENOENT)
         named = self._inside_root(pid, target)
         if named.startswith(b"/") and not named.endswith(b" (deleted)"):
             try:
@@ -342,12 +342,12 @@ class Planner:
         """_locate_at from what the tracee said of its descriptor (names relative to its root)."""
         fdv = self.view.fd if self.view is not None else None
         if fdv is None or fdv.name is None or fdv.ident is None:
-            return _kernel(f"bad descriptor {dirfd}")
+            return _kernel(f"bad descriptor {dirfd}", errno.EBADF)
         if path:
             full = fdv.name.rstrip(b"/") + b"/" + path
             return full, full
         if flags & pt.AT_EMPTY_PATH == 0:
-            return _kernel("empty path without AT_EMPTY_PATH")
+            return _kernel("empty path without AT_EMPTY_PATH", errno.ENOENT)
         named = fdv.name
         if named.startswith(b"/") and not named.endswith(b" (deleted)"):
             try:

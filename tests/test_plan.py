@@ -98,7 +98,7 @@ def test_a_missing_interpreter_is_left_to_the_kernel(tmp_path: Path) -> None:
     script = _file(tmp_path / "s", b"#!" + os.fsencode(tmp_path / "nowhere") + b"\n")
     out = _plan(_planner(), script)
     assert isinstance(out, Leave) and out.decision is Decision.KERNEL and not out.answer
-    assert out.errno == errno.ENOEXEC  # what the trace names for it
+    assert out.errno == errno.ENOENT  # the kernel's answer, which the trace names
     assert out.reason == f"interpreter {tmp_path / 'nowhere'}: ENOENT"
 
 

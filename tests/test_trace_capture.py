@@ -122,3 +122,22 @@ def test_log_transport_is_marked_json_on_stderr(tree: Path, tmp_path: Path) -> N
     assert [x["event"] for x in recs].count("exit") == 3
     out = subprocess.run([XSHIM, "trace", "tree", str(log)], capture_output=True, text=True)
     assert out.returncode == 0 and "uname -m" in out.stdout and "cat" in out.stdout, out.stderr
+
+
+def test_execs_left_to_the_kernel_carry_the_errno_the_tracee_got(
+    tree: Path, tmp_path: Path
+) -> None:
+    """A script whose interpreter is missing (ENOENT) or not executable (EACCES), and a program
+    that is neither ELF nor script (ENOEXEC, after which env runs it with /bin/sh): the record
+    names the errno the exec failed with."""
+    trace = tmp_path / "t.jsonl"
+    script = ("printf '#!/nowhere\\n' > /tmp/a; printf '#!/etc/passwd\\n' > /tmp/b; "
+              "printf 'junk' > /tmp/c; chmod +x /tmp/a /tmp/b /tmp/c; "
+              "for p in /tmp/a /tmp/b /tmp/c; do "
+              "/opt/busybox-native env $p 2>/dev/null; echo $?; done")
+    r = xrun(tree, script, str(trace))
+    assert r.stdout == "127\n126\n127\n", r.stderr[-2000:]
+    got = {rec["path"]: (rec["decision"], rec.get("errno")) for rec in records(trace)
+           if rec.get("path") in ("/tmp/a", "/tmp/b", "/tmp/c")}
+    assert got == {"/tmp/a": ("kernel", "ENOENT"), "/tmp/b": ("kernel", "EACCES"),
+                   "/tmp/c": ("kernel", "ENOEXEC")}, got
