@@ -187,6 +187,7 @@ class BuildRequest:
     builder: str = "auto"
     mode: str = "auto"
     trace: str | None = None
+    accelerate: str | None = None  # the base tree whose programs get native twins
 
 
 def check_request(req: BuildRequest) -> None:

@@ -272,7 +272,8 @@ def _build_in(req: plan.BuildRequest, builder: str, program: str,
             # Unlinked first: it may be a hard link to the user's own file.
             (gen / ".dockerignore").unlink(missing_ok=True)
             (gen / ".dockerignore").write_text(ignore, encoding="utf-8", errors="surrogateescape")
-        build_bundle(gen / bundle, plan.emulated_arches(plans))
+        build_bundle(gen / bundle, plan.emulated_arches(plans),
+                     accelerate=Path(req.accelerate) if req.accelerate else None)
     names = {p.platform.name: p.platform.name.replace("/", "-") for p in plans}
     layout = plan.Layout(
         context={p.platform.name: str(context if p.native else gen) for p in plans},

@@ -74,11 +74,12 @@ class BundleRequest:
     prefix: str = L.DEFAULT_PREFIX
     qemu: tuple[str, ...] = ()
     rebuild: bool = False
+    accelerate: Path | None = None  # the base tree whose programs get native twins
 
 
 def run_bundle(req: BundleRequest) -> Manifest:
     return build_bundle(req.output, req.platforms, prefix=req.prefix, qemu=req.qemu,
-                        rebuild=req.rebuild)
+                        rebuild=req.rebuild, accelerate=req.accelerate)
 
 
 def build_bundle(
@@ -89,8 +90,11 @@ def build_bundle(
     qemu: Sequence[str | os.PathLike[str]] = (),
     cache: Path | None = None,
     rebuild: bool = False,
+    accelerate: Path | None = None,
 ) -> Manifest:
-    """Build the bundle into ``out`` (replacing an older bundle there); return the manifest."""
+    """Build the bundle into ``out`` (replacing an older bundle there); return the manifest.
+
+    ``accelerate``: the base tree whose programs get native twins (builder/twins.py)."""
     from . import qemu as qemumod
 
     prefix = check_prefix(prefix)
@@ -101,13 +105,14 @@ def build_bundle(
     _check_output(target)
     host = archmod.host_arch()
     emulators, sources = qemumod.bundle_emulators(arches, qemu)
+    twin_dir = _twins(accelerate, arches, prefix, host) if accelerate is not None else None
     frozen = freeze.frozen_shim(cache, rebuild=rebuild)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:
         os.chmod(tmp, 0o755)
-        manifest = _assemble(tmp, frozen, emulators, arches, prefix, host, sources)
+        manifest = _assemble(tmp, frozen, emulators, arches, prefix, host, sources, twin_dir)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -135,8 +140,27 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _twins(base: Path, arches: Sequence[Arch], prefix: str, host: Arch) -> Path:
+    """The twins of the base tree's programs, made for this prefix."""
+    from . import runner, twins
+
+    if not base.is_dir():
+        raise InputError(f"--base {base}: not a directory",
+                         "give the unpacked root filesystem of the base image")
+    runner.check_rootfs(base)
+    guest = runner.detect_platform(base)
+    if guest not in arches:
+        raise InputError(
+            f"--base {base}: the tree is {guest.platform}, which the bundle is not for",
+            f"add --platform {guest.platform}, or give the base tree of a bundled platform")
+    twin_dir = twins.prepare(base.resolve(), guest, host, L.Layout(prefix).twin_dir)
+    twins.log_decisions(twin_dir)
+    return twin_dir
+
+
 def _assemble(root: Path, frozen: Path, emulators: dict[str, Path], arches: Sequence[Arch],
-              prefix: str, host: Arch, sources: dict[str, dict[str, str]]) -> Manifest:
+              prefix: str, host: Arch, sources: dict[str, dict[str, str]],
+              twin_dir: Path | None = None) -> Manifest:
     bindir, libdir, qdir = root / L.BIN, root / L.LIB, root / L.QEMU
     bindir.mkdir()
     shutil.copy2(frozen / freeze.NAME, root / L.SHIM)
@@ -168,6 +192,8 @@ def _assemble(root: Path, frozen: Path, emulators: dict[str, Path], arches: Sequ
     search = [libdir, root / L.PAYLOAD]
     _collect_libraries(root, search, libdir, loader_soname, host)
     _patch_all(root, prefix, loader_name, search)
+    if twin_dir is not None:  # self-contained already, with a loader of their own
+        shutil.copytree(twin_dir, root / L.TWIN, symlinks=True)
     _fix_modes(root)
     return _write_manifest(root, prefix, host, arches, loader_name, sources)
 
@@ -274,6 +300,8 @@ def _role(rel: str, loader_name: str) -> str:
         return "library"
     if rel.startswith(f"{L.QEMU}/"):
         return "emulator"
+    if rel.startswith(f"{L.TWIN}/"):
+        return "twin"
     raise BundleError(f"unexpected file in the bundle: {rel}")
 
 

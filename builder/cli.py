@@ -11,13 +11,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ..shim import arch as archmod
 from ..shim import layout, sigstate
 from ..shim.errors import ShimError
 from ..shim.version import __version__
 from .cli_build import _parse_build, _parse_index
-from .cli_parsers import Formatter, Handler
+from .cli_parsers import Formatter, Handler, accelerate_base
 from .cli_parsers import add_command as _add
 from .errors import InputError, Unavailable
 from .values import MODE_CHOICES, parse_arch, parse_arch_list, parse_arches, parse_mode
@@ -52,6 +53,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         qemu=tuple(args.qemu),
         trace=args.trace,
         workdir=args.workdir,
+        accelerate=args.accelerate,
     ))
 
 
@@ -81,6 +83,10 @@ def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--workdir", "-w", metavar="DIR", default="/",
                    help="directory inside the rootfs")
+    p.add_argument("--accelerate", action="store_true",
+                   help="run native twins (the host build of the same Debian package version) "
+                   "for programs whose output does not depend on the CPU: xz, gzip, tar, "
+                   "dpkg-deb, the sums, cc1, as; every decision is in the trace")
     p.add_argument("command", nargs="+", metavar="CMD", help="the command and its arguments")
 
 
@@ -224,6 +230,10 @@ An older bundle in DIR is replaced atomically; anything else there is left alone
 """
 
 
+def _path(p: str | None) -> Path | None:
+    return Path(p) if p else None
+
+
 def _cmd_bundle(args: argparse.Namespace) -> int:
     from .bundle import BundleRequest, run_bundle
 
@@ -233,8 +243,10 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         qemu=tuple(args.qemu),
         rebuild=args.rebuild,
+        accelerate=_path(accelerate_base(args.accelerate, args.base)),
     ))
     return 0
+
 
 
 def _parse_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -252,6 +264,12 @@ def _parse_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="an emulator to bundle, named qemu-<target>[-static] (repeatable)")
     p.add_argument("--rebuild", action="store_true",
                    help="freeze the supervisor again even when it is cached")
+    p.add_argument("--accelerate", action="store_true",
+                   help="add native twins for the programs of the --base tree (the host build "
+                   "of the same Debian package version, for xz, gzip, tar, dpkg-deb, the sums, "
+                   "cc1, as); off by default")
+    p.add_argument("--base", metavar="TREE",
+                   help="with --accelerate: the unpacked root filesystem of the base image")
 
 
 # --- xshim verify ---------------------------------------------------------------------------------

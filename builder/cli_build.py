@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli_parsers import accelerate_base
 from .cli_parsers import add_command as _add
 
 # --- xshim build ----------------------------------------------------------------------------------
@@ -84,6 +85,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         builder=args.builder,
         mode=args.mode,
         trace=args.trace,
+        accelerate=accelerate_base(args.accelerate, args.base),
     ))
     if result.index_digest:
         print(result.index_digest)
@@ -129,6 +131,11 @@ def _parse_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="docker: the legacy builder (DOCKER_BUILDKIT=0); default auto")
     p.add_argument("--mode", default="auto", choices=["auto", "copy", "mount"],
                    help="how foreign stages reach the shim (auto: mount where the builder can)")
+    p.add_argument("--accelerate", action="store_true",
+                   help="bundle native twins for the programs of the --base tree (see "
+                   "'xshim bundle --help'); off by default")
+    p.add_argument("--base", metavar="TREE",
+                   help="with --accelerate: the unpacked root filesystem of the base image")
     p.add_argument("--trace", metavar="FILE",
                    help="collect every foreign exec of every platform's build as JSON lines")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from .errors import InputError
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -23,3 +25,17 @@ def add_command(
     p = sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=Formatter)
     p.set_defaults(handler=handler)
     return p
+
+
+def accelerate_base(accelerate: bool, base: str | None) -> str | None:
+    """The base tree of --accelerate --base, checked as a pair."""
+    if not accelerate:
+        if base:
+            raise InputError("--base is given without --accelerate",
+                             "add --accelerate to bundle native twins for that tree")
+        return None
+    if not base:
+        raise InputError("--accelerate needs the base image's tree: twins are the host builds "
+                         "of the exact package versions installed there",
+                         "add --base TREE (the unpacked root filesystem of the base image)")
+    return base

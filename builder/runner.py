@@ -41,12 +41,15 @@ from ..shim.supervisor import (
     supervise,
 )
 from ..shim.tracelog import LOG_VALUES, TraceSink, open_sink
+from ..shim.twins import MAP_NAME, TwinTable, decisions
+from ..shim.twins import load as load_map
 from .errors import InputError, PrivilegeError, XshimError
 from .qemu import available_emulators, fetch_emulators
 
 log = logging.getLogger("xshim")
 
 EMULATOR_DIR = "/dev/.xshim"
+TWIN_DIR = f"{EMULATOR_DIR}/twin"
 
 # Device nodes bound from the host's /dev into the private one (what a container runtime gives).
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -154,6 +157,7 @@ class RunRequest:
     qemu: tuple[str, ...] = ()
     trace: str | None = None
     workdir: str = "/"
+    accelerate: bool = False  # native twins (builder/twins.py)
 
 
 def run_in_rootfs(req: RunRequest) -> int:
@@ -185,6 +189,7 @@ def run_in_rootfs(req: RunRequest) -> int:
     emulators, missing = available_emulators(archmod.ARCHES, explicit)
     if target in missing:
         emulators.update(fetch_emulators([target]))
+    twin_dir = _prepare_twins(root, target) if req.accelerate else None
 
     points = {sub: _mount_point(root, sub) for sub in ("proc", "sys", "dev")}
     made = [p for p in points.values() if p is not None and not p.exists()]
@@ -208,10 +213,16 @@ def run_in_rootfs(req: RunRequest) -> int:
             mounted.append(point)
         mounted.append(root / "dev")
         inside = _setup_dev(root, emulators)
+        table = None
+        if twin_dir is not None:
+            table = _mount_twins(root, twin_dir)
+            if sink is not None:
+                sink.twins = decisions(*load_map(str(twin_dir / MAP_NAME)))
 
         env = original_environ() or dict(os.environb)
         config = Config(
-            emulators=inside, trace=sink, chroot=str(root), cwd=workdir, search_path=True
+            emulators=inside, trace=sink, chroot=str(root), cwd=workdir, search_path=True,
+            twins=table,
         )
         argv = [c.encode() for c in command]
         log.debug("running %s in %s (%s)", command, root, target.platform)
@@ -226,6 +237,24 @@ def run_in_rootfs(req: RunRequest) -> int:
         sig = os.WTERMSIG(status)
         log.info("command killed by %s", signal.Signals(sig).name)
     return exit_code(status)
+
+
+def _prepare_twins(root: Path, target: archmod.Arch) -> Path:
+    from .twins import log_decisions, prepare
+
+    twin_dir = prepare(root, target, archmod.host_arch(), TWIN_DIR)
+    log_decisions(twin_dir)
+    return twin_dir
+
+
+def _mount_twins(root: Path, twin_dir: Path) -> TwinTable:
+    """The twins, read-only at TWIN_DIR inside the rootfs (in the private /dev)."""
+    point = root / TWIN_DIR.lstrip("/")
+    point.mkdir()
+    mount(str(twin_dir), str(point), None, MS_BIND, None)
+    mount(str(twin_dir), str(point), None, MS_BIND | MS_RDONLY | MS_REMOUNT, None)
+    twins, _ = load_map(str(twin_dir / MAP_NAME))
+    return TwinTable(twins, TWIN_DIR, str(root))
 
 
 def _target_platform(root: Path, target: archmod.Arch | None) -> archmod.Arch:

@@ -30,7 +30,7 @@ _HINT = ("a trace is the file given to XSHIM_TRACE/--trace, or a build log of a 
          "--build-arg XSHIM_TRACE=log")
 # Program images: these decisions replace the process's program; "kernel" and "refused" are
 # attempts the kernel answered with an error (a PATH search, a missing emulator).
-RUNS_PROGRAM = ("emulate", "native")
+RUNS_PROGRAM = ("emulate", "native", "twin")
 
 
 @dataclass
@@ -269,11 +269,11 @@ def _on_exec(run: Run, live: dict[tuple[str, int], Proc], rec: dict[str, Any], t
         # The kernel refused the emulated exec recorded just before: the process never became
         # that program, and the exec counts as one the kernel answered with an error.
         proc = live.get((run.id, int(rec["pid"])))
-        if proc is not None and proc.execs and proc.execs[-1].decision == "emulate":
+        if proc is not None and proc.execs and proc.execs[-1].decision in ("emulate", "twin"):
             last = proc.execs.pop()
+            run.counts[last.decision] -= 1
             last.decision, last.errno = "kernel", rec.get("errno")
             proc.attempts.append(last)
-            run.counts["emulate"] -= 1
             run.counts["kernel"] = run.counts.get("kernel", 0) + 1
         return
     ex = Exec(

@@ -104,6 +104,7 @@ def verify_bundle(bundle: str | os.PathLike[str], root: str | os.PathLike[str] |
     _check_extra(base, manifest, listed, report)
     _check_elves(base, manifest, prefix, report)
     _report_emulators(manifest, report)
+    _check_twins(base, manifest, report)
     if root is not None:
         _check_placement(base, Path(root), prefix, manifest, report)
     return report
@@ -159,6 +160,25 @@ def _report_emulators(manifest: Manifest, report: Report) -> None:
             report.add(L.MANIFEST, "manifest", f"no valid emulator_sources entry for {name}")
             continue
         report.emulators[rel] = line
+
+
+def _check_twins(base: Path, manifest: Manifest, report: Report) -> None:
+    """A twin map names only twins the bundle lists."""
+    from ..shim import twins
+
+    rel_map = f"{L.TWIN}/{twins.MAP_NAME}"
+    roles = {e.path: e.role for e in manifest.entries}
+    if rel_map not in roles:
+        return
+    try:
+        found, _ = twins.load(str(base / rel_map))
+    except twins.TwinMapError as e:
+        report.add(rel_map, "manifest", str(e))
+        return
+    for t in found:
+        if roles.get(f"{L.TWIN}/{t.twin}") != "twin":
+            report.add(rel_map, "manifest", f"the twin of {t.guest}, {t.twin}, is not in the "
+                       "bundle")
 
 
 def _check_mode(rel: str, st: os.stat_result, want: int, report: Report) -> None:
@@ -269,6 +289,9 @@ def _check_elves(base: Path, manifest: Manifest, prefix: str, report: Report) ->
     shim = infos.get(L.SHIM)
     shim_rpath = shim.rpath if shim is not None and shim.runpath is None else None
     for rel, info in sorted(infos.items()):
+        # A twin's libraries are served by its program's DT_RPATH (twin/lib), not the shim's.
+        prog_rpath = ((f"{prefix}/{L.TWIN}/{L.LIB}",) if rel.startswith(f"{L.TWIN}/")
+                      else shim_rpath)
         if info.arch is None or not (info.arch == host or archmod.natively_runs(host, info.arch)):
             what = info.arch.platform if info.arch else f"ELF machine {info.ident.machine}"
             report.add(rel, "arch", f"built for {what}, not for the host ({host.platform})")
@@ -283,8 +306,8 @@ def _check_elves(base: Path, manifest: Manifest, prefix: str, report: Report) ->
         origin = str(PurePosixPath(prefix) / PurePosixPath(rel).parent)
         own = info.search_path
         search = list(own)
-        if info.runpath is None and not info.is_program and shim_rpath:
-            search += shim_rpath  # a program's DT_RPATH serves the libraries it loads
+        if info.runpath is None and not info.is_program and prog_rpath:
+            search += prog_rpath  # a program's DT_RPATH serves the libraries it loads
         search = elf.expand_origin(search, origin)
         outside = [d for d in search if _in_bundle(d, prefix, base) is None]
         if outside:

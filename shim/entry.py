@@ -15,6 +15,7 @@ import errno
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from . import sigstate
 from .errors import ShimError
@@ -29,6 +30,10 @@ from .layout import (
     Manifest,
     ManifestError,
 )
+
+if TYPE_CHECKING:
+    from .tracelog import TraceSink
+    from .twins import TwinTable
 
 SH = "/bin/sh"
 
@@ -261,6 +266,7 @@ def _run(layout: Layout, argv: list[bytes], program: bytes | None, search_path: 
         guest_shell=guest_shell(layout).encode(),
         trace=sink,
         search_path=search_path,
+        twins=_twins(layout, sink),
     )
     try:
         status = supervise(argv, env, config, program=program)
@@ -268,6 +274,23 @@ def _run(layout: Layout, argv: list[bytes], program: bytes | None, search_path: 
         sys.stderr.write(f"xshim: {e}\n")
         return 125
     return _die_like(status)
+
+
+def _twins(layout: Layout, sink: TraceSink | None) -> TwinTable | None:
+    """The bundle's native twins (``xshim bundle --accelerate``), if it has any."""
+    from .twins import MAP_NAME, TwinMapError, TwinTable, decisions, load
+
+    path = os.path.join(layout.twin_dir, MAP_NAME)
+    if not os.path.exists(path):
+        return None
+    try:
+        twins, skipped = load(path)
+    except TwinMapError as e:
+        sys.stderr.write(f"xshim: no native twins: {e}\n")
+        return None
+    if sink is not None:
+        sink.twins = decisions(twins, skipped)
+    return TwinTable(twins, layout.twin_dir)
 
 
 USAGE = {

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from . import blind, comm, handoff, limits, newargv
+from . import blind, comm, handoff, limits, newargv, twinexec
 from . import inject as ij
 from . import ptrace as pt
 from .plan import Leave, NeedView, Plan, Planner
@@ -65,12 +65,17 @@ class Execs:
         # pid -> descriptor of its emulator in it, for an exec that cannot reach it by path.
         self.emu_fds: dict[int, int] = {}
         self.handoff = handoff.Handoff(self.inj, self.mem, planner.own_root)
+        self.twinning: set[int] = set()  # pids whose exec was rewritten into their twin's
 
     def done(self, pid: int) -> None:
         """``pid`` exec'd: nothing to restore, and memory made for the exec went with it."""
         self.saved.pop(pid, None)
         if self.emu_fds:
             self.emu_fds.pop(pid, None)  # close-on-exec: gone with the exec
+        if self.twinning:
+            self.twinning.discard(pid)
+        if self.planner.no_twin:
+            self.planner.no_twin.pop(pid, None)
         if self.emulating:
             self.emulating.pop(pid, None)
         if self.undump:
@@ -95,6 +100,10 @@ class Execs:
 
     def forget(self, pid: int) -> None:
         self.saved.pop(pid, None)
+        if self.twinning:
+            self.twinning.discard(pid)
+        if self.planner.no_twin:
+            self.planner.no_twin.pop(pid, None)
         if self.names:
             self.names.pop(pid, None)
         if self.emu_fds:
@@ -119,6 +128,9 @@ class Execs:
                 if self.names:
                     self.names.pop(pid, None)
                 fd = self.emu_fds.pop(pid, None) if self.emu_fds else None
+                if saved is not None and self.twinning and pid in self.twinning:
+                    twinexec.twin_failed(self, pid, regs, saved, prior)
+                    return
                 if (saved is not None and fd is None and regs.rax == (-errno.ENOENT) & _U64
                         and self._hand_over_late(pid, regs, saved, prior)):
                     return
@@ -242,6 +254,9 @@ class Execs:
         # Taken for this round only: a descriptor not used now (the exec was left to the
         # kernel after all) is never used later, when its number may name another file.
         fd = self.emu_fds.pop(pid, None) if self.emu_fds else None
+        if (outcome.twin is not None and outcome.twin.path and fd is None
+                and twinexec.exec_twin(self, pid, outcome, argv_p, envp_p, shown)):
+            return
         if outcome.elsewhere and fd is None:
             self._hand_over(pid, regs, shown, outcome.emulator)
             return
@@ -262,6 +277,9 @@ class Execs:
                                         "arch": outcome.arch.name}
             if outcome.scripts:
                 extra["script"] = [s.interpreter.decode(errors="replace") for s in outcome.scripts]
+            if outcome.twin is not None:  # listed in the twin map, and emulated after all
+                extra["twin_skipped"] = outcome.twin.reason or "its twin could not be exec'd"
+                extra["package"] = f"{outcome.twin.twin.package}={outcome.twin.twin.version}"
             trace.exec(pid, self.traced_parent(pid), shown, argv, Decision.EMULATE, **extra)
             self.emulating[pid] = shown
         if path:  # fexecve (an empty path): the kernel names it after the file, qemu's too

@@ -10,6 +10,9 @@ image (``/.xshim`` unless ``--prefix`` says otherwise). Everything below is rela
   bin/_internal/                  the frozen program's payload (libpython, stdlib, extensions)
   lib/                            the host's loader and every host library the above need
   qemu/qemu-<target>-static       the emulators, one per foreign platform
+  twin/                           only with ``--accelerate``: native twins (shim/twins.py),
+                                  twin/map.json, twin/exe/... and their loader and libraries
+                                  in twin/lib/
   manifest.json                   this contract's record of everything above
   guest/                          empty in a built bundle; xshim-install keeps the image's own
                                   shell there (guest/sh, a hard link, or guest/sh.symlink, the
@@ -51,12 +54,13 @@ RESTORE_NAME = "xshim-restore"
 ENTRY_LINKS = (EXEC_NAME, INSTALL_NAME, RESTORE_NAME)
 LIB = "lib"
 QEMU = "qemu"
+TWIN = "twin"
 GUEST = "guest"
 GUEST_SH = f"{GUEST}/sh"  # the image's regular /bin/sh, hard-linked here by xshim-install
 GUEST_SYMLINK = f"{GUEST}/sh.symlink"  # or the target of a symlinked /bin/sh
 
 # Roles of manifest entries.
-FILE_ROLES = ("shim", "payload", "loader", "library", "emulator")
+FILE_ROLES = ("shim", "payload", "loader", "library", "emulator", "twin")
 DIR_ROLES = ("dir", "runtime")
 ROLES = (*FILE_ROLES, "link", "manifest", *DIR_ROLES)
 
@@ -116,6 +120,10 @@ class Layout:
     @property
     def qemu_dir(self) -> str:
         return self.path(QEMU)
+
+    @property
+    def twin_dir(self) -> str:
+        return self.path(TWIN)
 
     @property
     def guest_dir(self) -> str:

@@ -31,6 +31,7 @@ from .decide import (
     emulated_argv,
 )
 from .tracelog import Decision, errname
+from .twins import Match, TwinTable
 
 
 class Plan(NamedTuple):
@@ -41,6 +42,9 @@ class Plan(NamedTuple):
     path_override: bytes | None  # the script/program path when the caller's cannot be reused
     scripts: list[Script]
     elsewhere: bool = False  # the tracee's root is not the command's: the emulator's path fails
+    # The program's native twin (shim/twins.py): used instead of the emulator when it has a
+    # path; without one, its reason says why the listed file is emulated after all.
+    twin: Match | None = None
 
 
 class Leave(NamedTuple):
@@ -103,6 +107,7 @@ class Planner:
     def __init__(
         self, emulators: dict[str, bytes], self_ids: frozenset[tuple[int, int]],
         guest_shell: bytes | None, guest_shell_arch: Arch | None, own_root: str,
+        twins: TwinTable | None = None,
     ) -> None:
         self.emulators = emulators
         self.self_ids = self_ids
@@ -116,6 +121,9 @@ class Planner:
         self.busy = False  # a file of the exec being planned is open for writing somewhere
         self.own_ident: tuple[int, int] | None = None
         self.notes: list[str] = []  # limits met while planning, for the caller to say once
+        self.twins = twins
+        self.no_twin: dict[int, str] = {}  # tracees whose twin's exec failed, and how
+        self.opened: os.stat_result | None = None  # the file _open_exec last opened
 
     def needs(self, pid: int, dirfd: int, path: bytes, root_known: bool) -> NeedView | None:
         """What a tracee whose /proc entries we cannot open must tell us before this exec."""
@@ -154,6 +162,9 @@ class Planner:
                 if self.own_ident is None:
                     self.own_ident = self.root_ident()
                 if (st.st_dev, st.st_ino) != self.own_ident:
+                    if out.twin is not None and out.twin.path:
+                        out = out._replace(twin=out.twin._replace(
+                            path=b"", reason="the tracee's root is not the command's"))
                     return out._replace(elsewhere=True)
             return out
         except _Hidden as e:
@@ -228,13 +239,28 @@ class Planner:
                          answer=True)
         if not scripts:
             head = emulated_argv(emulator, b"", program, [], None)
-            return Plan(emulator, kind.arch, program, head, path_override, [])
+            twin = self._twin(pid, root_fd, lookup, ident) if self.twins is not None else None
+            return Plan(emulator, kind.arch, program, head, path_override, [], twin=twin)
         if len(scripts) > MAX_FOREIGN_SCRIPT_DEPTH:  # binfmt_misc would take the sixth round
             return Leave(Decision.KERNEL, errno.ELOOP, "ELOOP: too many levels of #! interpreters",
                          kind.arch, answer=True)
         head = emulated_argv(emulator, b"", program, scripts, script_path)
         override = None if script_path is path else script_path
         return Plan(emulator, kind.arch, program, head, override, scripts)
+
+    def _twin(self, pid: int, root_fd: int, lookup: bytes, ident: tuple[int, int]
+              ) -> Match | None:
+        assert self.twins is not None and self.opened is not None
+        if lookup.startswith(b"/proc/"):
+            return None
+        found = self.twins.match(ident, self.opened, lookup,
+                                 lambda: pt.open_in_root(root_fd, lookup, os.O_RDONLY))
+        if found is not None and found.path and pid in self.no_twin:
+            return found._replace(path=b"", reason=self.no_twin[pid])
+        if found is not None and found.path and self.view is not None:
+            # A tracee /proc hides may have a root of its own, where the twin's path fails.
+            return found._replace(path=b"", reason="the tracee's root cannot be seen")
+        return found
 
     def _cloexec(self, pid: int, fd: int) -> bool:
         if self.view is not None:
@@ -377,7 +403,7 @@ class Planner:
         except OSError as e:
             return _kernel(errname(e.errno or 0), e.errno or errno.ENOEXEC)
         try:
-            st = os.fstat(fd)
+            st = self.opened = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return _kernel("EACCES: not a regular file", errno.EACCES)
             if not self._may_execute(pid, st):

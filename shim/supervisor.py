@@ -30,6 +30,7 @@ from .errors import ShimError
 from .execs import Execs
 from .plan import Planner
 from .tracelog import TraceSink
+from .twins import TwinTable
 
 if TYPE_CHECKING:
     import resource
@@ -61,6 +62,7 @@ class Config(NamedTuple):
     chroot: str | None = None  # the child chroots here before its first exec (``xshim run``)
     cwd: str | None = None  # and changes to this directory (inside the new root)
     search_path: bool = False  # look argv[0] up in PATH, like execvp
+    twins: TwinTable | None = None  # native twins (shim/twins.py), when accelerated
 
 
 class SupervisorError(ShimError):
@@ -80,7 +82,7 @@ class Supervisor:
         planner = Planner(
             config.emulators, config.self_ids, config.guest_shell,
             guest_arch(config.guest_shell, config.chroot) if config.guest_shell else None,
-            config.chroot or "/",
+            config.chroot or "/", config.twins,
         )
         self.execs = Execs(config.emulators, planner, config.trace, self._traced_parent)
 

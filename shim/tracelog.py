@@ -20,6 +20,10 @@ which also reads version 1, the same records without ``run``, ``start`` and the 
   64 KiB are cut off, marked "...[truncated at 65536 bytes]"; an exec through a descriptor has
   the path the kernel gives it, "/dev/fd/N" or "/dev/fd/N/name".
   "reason" gives detail where there is any; "script" lists the #! interpreters followed.
+  "twin" (``xshim run/bundle --accelerate``): the program ran natively as its twin, the host
+  build of the same Debian package version (shim/twins.py): "twin" is its path, "package" the
+  guest's package=version, "host_package" the twin's. An "emulate" record of a program the twin
+  map lists has "twin_skipped", the reason its twin was not used, and "package".
   ``ppid`` is the nearest traced ancestor that has exec'd (a subshell that never execs is skipped),
   0 for the command itself. With ``XSHIM_TRACE_HASH=1``, "sha256" is the executed file's digest and
   "script_sha256" those of the interpreters in "script" (null where a file could not be read).
@@ -82,6 +86,7 @@ class Decision(enum.StrEnum):
     KERNEL = "kernel"
     REFUSED = "refused"
     FAILED = "failed"
+    TWIN = "twin"  # ran natively as its twin (shim/twins.py)
 
 
 def errname(e: int) -> str:
@@ -113,13 +118,16 @@ class TraceSink:
         self.run = os.urandom(4).hex()
         self.emulated: set[int] = set()  # pids whose current program runs under qemu
         self.digests: dict[tuple[int, int, int, int, int], str] = {}
+        self.twins: dict[str, Any] | None = None  # the twin map's decisions, for the start record
 
     def start(self, pid: int, argv: list[bytes]) -> None:
         if self.readable:
             return
-        self._record({"event": "start", "v": SCHEMA_VERSION, "run": self.run,
-                      "time": round(time.time(), 6), "pid": pid,
-                      "argv": [_text(a) for a in argv]})
+        rec = {"event": "start", "v": SCHEMA_VERSION, "run": self.run,
+               "time": round(time.time(), 6), "pid": pid, "argv": [_text(a) for a in argv]}
+        if self.twins is not None:
+            rec["twins"] = self.twins
+        self._record(rec)
 
     def exec(
         self,
@@ -135,13 +143,15 @@ class TraceSink:
         """``reason``: detail for people; ``err``: the errno the record names (0: none)."""
         if decision is Decision.EMULATE:
             self.emulated.add(pid)
-        elif decision is Decision.NATIVE:
+        elif decision in (Decision.NATIVE, Decision.TWIN):
             self.emulated.discard(pid)
         name = errname(err) if err else None
         if self.readable:
             target = {
                 Decision.EMULATE: extra.get("emulator", "?"),
                 Decision.NATIVE: "native",
+                Decision.TWIN: f"native twin {extra.get('twin', '?')} "
+                f"({extra.get('host_package', '?')})",
                 Decision.KERNEL: f"kernel ({name or '?'})",
                 Decision.FAILED: f"the emulated exec failed ({name or '?'})",
                 Decision.REFUSED: f"refused: {reason or 'no emulator'}"
@@ -166,7 +176,7 @@ class TraceSink:
         if name is not None:
             rec["errno"] = name
         rec.update(extra)
-        if self.hash_files and decision in (Decision.EMULATE, Decision.NATIVE):
+        if self.hash_files and decision in (Decision.EMULATE, Decision.NATIVE, Decision.TWIN):
             rec["sha256"] = self._digest(pid, path)
             if "script" in extra:
                 rec["script_sha256"] = [self._digest(pid, p.encode()) for p in extra["script"]]

@@ -1,0 +1,198 @@
+"""Native twins: the host-architecture build of the same Debian package version, run in place of
+a guest program whose output does not depend on the CPU (xz, gzip, tar, dpkg-deb, cc1, as, ...).
+
+The builder (builder/twins.py) prepares them ahead of time and writes the twin map, ``map.json``
+in the bundle's ``twin/`` directory (shim/layout.py): one entry per guest file, with the sha256
+and size of the guest file it stands for and the package versions on both sides. At an exec the
+planner asks ``TwinTable.match`` about the file it has just opened: a twin is used only when the
+file is the very one the map names, checked by identity (device, inode, size, mtime) and, the
+first time that identity is seen, by its digest. Everything else is emulated as before, and the
+reason a listed file was not replaced goes into the trace.
+
+Standard library only; json is imported only when a map exists.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+MAP_NAME = "map.json"
+MAP_FORMAT = 1
+_CHUNK = 1 << 20
+
+
+class TwinMapError(Exception):
+    """The twin map is unreadable or does not have this format."""
+
+
+class Twin(NamedTuple):
+    """One guest file and the twin that stands for it."""
+
+    guest: str  # absolute path of the guest file inside the root (symlinks resolved)
+    twin: str  # path of the twin relative to the twin directory
+    sha256: str  # of the guest file
+    size: int  # of the guest file
+    package: str  # the guest's package and version (from the tree's dpkg database)
+    version: str
+    host_package: str  # the host-architecture package the twin was taken from
+    host_version: str
+    # Arguments put before the caller's argv[1:]: the cross compiler is told where the guest's
+    # own compiler keeps its headers (-iprefix), which it would otherwise look for elsewhere.
+    args: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self._asdict())
+        out["args"] = list(self.args)
+        return out
+
+    @classmethod
+    def from_json(cls, item: object) -> Twin:
+        if not isinstance(item, dict):
+            raise TwinMapError(f"bad twin entry {item!r}")
+        try:
+            values = {f: item[f] for f in cls._fields if f != "args"}
+        except KeyError as e:
+            raise TwinMapError(f"twin entry {item.get('guest')!r} lacks {e}") from None
+        args = item.get("args") or []
+        if not all(isinstance(v, str) for k, v in values.items() if k != "size") or not (
+                isinstance(values["size"], int) and values["size"] >= 0) or not (
+                isinstance(args, list) and all(isinstance(a, str) for a in args)):
+            raise TwinMapError(f"twin entry {item.get('guest')!r}: bad field types")
+        values["args"] = tuple(args)
+        twin = posixpath.normpath(values["twin"])
+        if twin.startswith(("/", "..")) or not values["guest"].startswith("/"):
+            raise TwinMapError(f"twin entry {values['guest']!r}: bad paths")
+        return cls(**values)
+
+
+def dumps(twins: list[Twin], skipped: list[dict[str, str]]) -> str:
+    import json
+
+    return json.dumps({"format": MAP_FORMAT,
+                       "twins": [t.to_json() for t in sorted(twins)],
+                       "skipped": sorted(skipped, key=lambda s: s.get("guest", ""))},
+                      indent=1) + "\n"
+
+
+def load(path: str) -> tuple[list[Twin], list[dict[str, str]]]:
+    """The twins and the skipped candidates of the map at ``path``."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except OSError as e:
+        raise TwinMapError(f"{path}: {e.strerror}") from None
+    except ValueError as e:
+        raise TwinMapError(f"{path}: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != MAP_FORMAT:
+        raise TwinMapError(f"{path}: not a twin map of format {MAP_FORMAT}")
+    twins = [Twin.from_json(t) for t in data.get("twins") or []]
+    skipped = data.get("skipped") or []
+    if not isinstance(skipped, list) or not all(isinstance(s, dict) for s in skipped):
+        raise TwinMapError(f"{path}: bad 'skipped' list")
+    return twins, skipped
+
+
+def decisions(twins: list[Twin], skipped: list[dict[str, str]]) -> dict[str, Any]:
+    """What the map decided, for the trace's start record and the log."""
+    return {"used": [{"guest": t.guest, "twin": t.twin, "package": f"{t.package}={t.version}",
+                      "host_package": f"{t.host_package}={t.host_version}"} for t in twins],
+            "skipped": skipped}
+
+
+class Match(NamedTuple):
+    """What the table says of a guest file the map lists: its twin (path inside the root), or
+    why it is not used (``path`` empty)."""
+
+    twin: Twin
+    path: bytes
+    reason: str = ""
+
+
+class TwinTable:
+    """The twin map of one supervisor, looked up by the identity of the file being exec'd."""
+
+    def __init__(self, twins: list[Twin], twin_dir: str, own_root: str = "/") -> None:
+        self.twin_dir = twin_dir  # the twin directory as the tracees see it
+        self.own_root = own_root
+        self.by_name: dict[str, list[Twin]] = {}
+        for t in twins:
+            self.by_name.setdefault(posixpath.basename(t.guest), []).append(t)
+        self.by_ident: dict[tuple[int, int], Twin] = {}
+        # (dev, ino, size, mtime_ns) -> whether the file's digest is the map's
+        self.checked: dict[tuple[int, int, int, int], bool] = {}
+        for t in twins:
+            self._index(t)
+
+    def _index(self, t: Twin) -> None:
+        try:
+            st = os.stat(posixpath.join(self.own_root, t.guest.lstrip("/")))
+        except OSError:
+            return
+        self.by_ident[(st.st_dev, st.st_ino)] = t
+
+    def refresh(self, name: bytes) -> None:
+        """A file called ``name`` was not found by identity: the guest may have replaced it
+        since (dpkg renames new files into place), so look again."""
+        for t in self.by_name.get(os.fsdecode(name), ()):
+            self._index(t)
+
+    def match(self, ident: tuple[int, int], st: os.stat_result, lookup: bytes,
+              opener: Callable[[], int]) -> Match | None:
+        """The twin for the file at ``lookup`` (with ``st``), or None when the map does not
+        list it. ``opener`` opens the file; it is read only the first time its identity is
+        seen."""
+        t = self.by_ident.get(ident)
+        if t is None:
+            base = posixpath.basename(lookup)
+            if os.fsdecode(base) not in self.by_name:
+                return None
+            self.refresh(base)
+            t = self.by_ident.get(ident)
+            if t is None:
+                return None
+        if st.st_size != t.size:
+            return Match(t, b"", f"{t.guest} changed since the twin map was made (size)")
+        key = (ident[0], ident[1], st.st_size, st.st_mtime_ns)
+        ok = self.checked.get(key)
+        if ok is None:
+            ok = self.checked[key] = _digest(opener, ident) == t.sha256
+        if not ok:
+            return Match(t, b"", f"{t.guest} changed since the twin map was made (sha256)")
+        return Match(t, posixpath.join(self.twin_dir, t.twin).encode())
+
+
+def _digest(opener: Callable[[], int], ident: tuple[int, int]) -> str:
+    try:
+        fd = opener()
+    except OSError:
+        return ""
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != ident:
+            return ""  # replaced between the exec's check and this one
+        from .tracelog import _sha256  # the interpreter's own: the frozen shim has no hashlib
+
+        h = _sha256()
+        offset = 0
+        while chunk := os.pread(fd, _CHUNK, offset):
+            h.update(chunk)
+            offset += len(chunk)
+        digest: str = h.hexdigest()
+        return digest
+    finally:
+        os.close(fd)
+
+
+def table_at(twin_dir_here: str, twin_dir_inside: str, own_root: str = "/") -> TwinTable | None:
+    """The table of the twin map in ``twin_dir_here`` (this process's view), whose twins the
+    tracees reach at ``twin_dir_inside``; None when there is no map."""
+    path = os.path.join(twin_dir_here, MAP_NAME)
+    if not os.path.exists(path):
+        return None
+    twins, _ = load(path)
+    return TwinTable(twins, twin_dir_inside, own_root)
