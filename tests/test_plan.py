@@ -206,6 +206,7 @@ def test_the_shim_without_an_emulator_for_the_images_shell_is_refused(tmp_path: 
 
 
 def test_decisions_are_the_trace_formats_strings() -> None:
-    assert [d.value for d in Decision] == ["emulate", "native", "kernel", "refused", "failed"]
+    assert [d.value for d in Decision] == ["emulate", "native", "kernel", "refused", "failed",
+                                          "twin"]
     assert json.dumps({"decision": Decision.KERNEL}) == '{"decision": "kernel"}'
     assert f"{Decision.REFUSED}" == "refused"
