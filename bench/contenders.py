@@ -9,12 +9,15 @@
 - proot: Debian's ``proot -q qemu-aarch64-static``, in a private mount namespace so that the
   mounts debootstrap makes (proot passes them to the kernel as the real root) go away with it.
 - xshim: ``xshim run --rootfs TREE -- CMD``.
+- twins: ``xshim run --accelerate --rootfs TREE -- CMD`` (native twins of architecture-independent
+  tools), when the xshim that runs has that option; otherwise the row says it is not available.
 """
 
 from __future__ import annotations
 
 import shlex
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,7 @@ CONTENDERS = (
     Contender("qemu", "raw qemu (chroot)", False),
     Contender("proot", "proot -q", True),
     Contender("xshim", "xshim run", True),
+    Contender("twins", "xshim + twins", True),
 )
 BY_NAME = {c.name: c for c in CONTENDERS}
 
@@ -108,6 +112,7 @@ def under_binfmt(
 class Tools:
     qemu: Path  # the host's qemu-aarch64-static
     xshim: tuple[str, ...]  # command prefix that runs the xshim CLI
+    accelerate: bool = False  # whether that xshim's `run` has --accelerate (native twins)
 
 
 def find_tools(qemu: str | None, xshim: str | None) -> Tools:
@@ -120,7 +125,22 @@ def find_tools(qemu: str | None, xshim: str | None) -> Tools:
     # The module form, not a console-script wrapper (pyenv's is a bash script that would add
     # its own start-up to every xshim number).
     prefix = tuple(shlex.split(xshim)) if xshim else (sys.executable, "-m", "xshim.builder")
-    return Tools(Path(q).resolve(), prefix)
+    return Tools(Path(q).resolve(), prefix, has_accelerate(prefix))
+
+
+def has_accelerate(prefix: tuple[str, ...]) -> bool:
+    """Whether ``xshim run`` of this xshim offers --accelerate (asked, not assumed: the
+    benchmark also runs against older installed versions)."""
+    try:
+        proc = subprocess.run([*prefix, "run", "--help"], capture_output=True, text=True,
+                              timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return accelerate_in_help(proc.stdout)
+
+
+def accelerate_in_help(text: str) -> bool:
+    return any(word.strip("[],") == "--accelerate" for word in text.split())
 
 
 def unavailable_reason(c: Contender, tools: Tools) -> str | None:
@@ -132,6 +152,9 @@ def unavailable_reason(c: Contender, tools: Tools) -> str | None:
         for prog in ("unshare", "newuidmap", "newgidmap", "chroot"):
             if shutil.which(prog) is None:
                 return f"{prog} not found (apt-get install util-linux uidmap coreutils)"
+    if c.name == "twins" and not tools.accelerate:
+        return ("this xshim's `run` has no --accelerate option (native twins), so there is "
+                "nothing to measure")
     if c.name == "proot" and shutil.which("proot") is None:
         return "proot not found (apt-get install proot)"
     if c.name in ("qemu", "binfmt") and shutil.which("chroot") is None:
@@ -156,6 +179,8 @@ def guest_command(c: Contender, tree: Path, argv: list[str], tools: Tools) -> li
                 "-b", "/proc", "-b", "/dev", "-b", "/sys", "-w", "/", *argv]
     if c.name == "xshim":
         return [*tools.xshim, "run", "--rootfs", t, "--", *argv]
+    if c.name == "twins":
+        return [*tools.xshim, "run", "--accelerate", "--rootfs", t, "--", *argv]
     if c.name == "qemu":
         return ["chroot", t, RAW_QEMU_IN_TREE, *argv]
     raise ValueError(c.name)

@@ -56,6 +56,22 @@ class ExecLoop:
 
 
 @dataclass
+class Runs:
+    """Whole runs of one build-like workload: wall and CPU time of each round, what it left."""
+
+    seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
+    result: str = ""  # e.g. "143 pkgs": should be the same for every contender
+    error: str | None = None
+
+    def wall(self, stat: str) -> float:
+        return pick(self.seconds, stat)
+
+    def cpu(self, stat: str) -> float:
+        return pick(self.cpu_seconds, stat)
+
+
+@dataclass
 class SecondStage:
     seconds: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
@@ -130,6 +146,24 @@ def installed_packages(tree: Path) -> int:
     if not status.is_file():
         return 0
     return status.read_text(errors="replace").count("\nStatus: install ok installed")
+
+
+def package_status(tree: Path) -> dict[str, str]:
+    """Package -> its Status field in dpkg's database of ``tree``."""
+    status = tree / "var" / "lib" / "dpkg" / "status"
+    out: dict[str, str] = {}
+    if not status.is_file():
+        return out
+    for stanza in status.read_text(errors="replace").split("\n\n"):
+        name = state = None
+        for line in stanza.splitlines():
+            if line.startswith("Package: "):
+                name = line[9:].strip()
+            elif line.startswith("Status: "):
+                state = line[8:].strip()
+        if name and state:
+            out[name] = state
+    return out
 
 
 def check_second_stage(tree: Path) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import measure
+import report_work
 from contenders import Tools
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ def environment(
         "stage_reps": args.stage_reps,
         "stat": args.stat,
         "quick": args.quick,
+        "workloads": getattr(args, "workload_names", []),
         "loadavg_at_start": [round(x, 2) for x in load],
     }
 
@@ -210,11 +212,20 @@ def as_json(rows: list[Row], meta: dict[str, Any], args: argparse.Namespace) -> 
         }},
         "target": TARGET,
         "xshim_meets_target": meets_target(rows, args.quick),
+        "workloads": report_work.as_json(rows, args),
     }
 
 
 def _cell(value: float | None, fmt: str) -> str:
     return format(value, fmt) if value is not None else "—"
+
+
+def _load_note(meta: dict[str, Any]) -> list[str]:
+    load = meta["loadavg_at_start"]
+    text = f"load average {load[0]:.2f} at the start"
+    if load[0] > 0.5:
+        return [f"note: {text}: other work on this machine adds noise to every number"]
+    return []
 
 
 def table(rows: list[Row], meta: dict[str, Any], args: argparse.Namespace) -> str:
@@ -229,10 +240,10 @@ def table(rows: list[Row], meta: dict[str, Any], args: argparse.Namespace) -> st
     if not args.quick:
         lines.append(f"second stage: debootstrap --second-stage on a fresh copy, {stat} of "
                      f"{args.stage_reps} run(s)")
-    load1 = meta["loadavg_at_start"][0]
-    if load1 > 0.5:
-        lines.append(f"note: load average {load1:.2f} at the start: other work on this machine "
-                     "adds noise to every number")
+    lines += _load_note(meta)
+    chosen = getattr(args, "workload_names", ["loop", "stage"])
+    if "loop" not in chosen and "stage" not in chosen:
+        return "\n".join(lines[:1] + _load_note(meta) + report_work.table(rows, args))
     lines.append("")
     head = (f"{'contender':<22} {'exec loop':>10} {'start-up':>9} {'per exec':>9} "
             f"{'loop cpu':>9} {'2nd stage':>10} {'stage cpu':>10} {'pkgs':>5}")
@@ -296,4 +307,4 @@ def table(rows: list[Row], meta: dict[str, Any], args: argparse.Namespace) -> st
         verdict = "met" if meets_target(rows, args.quick) else "MISSED"
         lines.append(f"target xshim ≤ {TARGET:.2f}× binfmt (per exec"
                      f"{'' if args.quick else ' and second-stage wall time'}, paired): {verdict}")
-    return "\n".join(lines)
+    return "\n".join(lines + report_work.table(rows, args))

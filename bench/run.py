@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""xshim against binfmt_misc, raw qemu and proot -q: per-exec cost and a debootstrap second stage.
+"""xshim against binfmt_misc, raw qemu and proot -q: per-exec cost, a debootstrap second stage,
+and workloads that look like builds (an apt install, a C build, a byte-compile).
 
 One run prints one table. See bench/README.md for what is measured and how.
 """
@@ -21,17 +22,20 @@ import hostguard
 import measure
 import report
 import trees
+import workloads as wmod
 from contenders import Contender, Tools
-from measure import ExecLoop, RunFailed, SecondStage
+from measure import ExecLoop, RunFailed, Runs, SecondStage
 from xshim.builder.cli import exit_status
 from xshim.builder.errors import XshimError
 from xshim.builder.fsutil import write_atomic
 
 EPILOG = """\
 examples:
-  python3 bench/run.py                      # everything: exec loop and second stage (~28 min)
+  python3 bench/run.py                      # everything (~2 hours)
   python3 bench/run.py --quick              # exec loop only (~6 min)
-  python3 bench/run.py --reps 6 --stage-reps 1   # a rough look (~9 min)
+  python3 bench/run.py --workloads loop,stage    # the exec loop and the second stage (~28 min)
+  python3 bench/run.py --workloads apt --rounds 2 --only binfmt,xshim   # apt only (~6 min)
+  python3 bench/run.py --reps 6 --rounds 1  # a rough look at everything
   python3 bench/run.py --quick --only binfmt,xshim --execs 300 --reps 9 --stat best
   python3 bench/run.py --json > bench.json
   python3 bench/run.py --save bench.json      # the table, and the JSON in a file
@@ -44,6 +48,7 @@ binfmt_misc outside that namespace, and stops if the host has a handler register
 PROBE_TIMEOUT = 180.0
 LOOP_TIMEOUT = 900.0
 STAGE_TIMEOUT = 3600.0
+WORK_TIMEOUT = 3600.0
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Row:
     stage: SecondStage | None = None
     stage_error: str | None = None
     notes: list[str] = field(default_factory=list)
+    runs: dict[str, Runs] = field(default_factory=dict)  # build-like workload -> its rounds
 
 
 def log(msg: str) -> None:
@@ -66,19 +72,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="bench/run.py", description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--quick", action="store_true", help="exec loop only, no second stage")
+    p.add_argument("--quick", action="store_true",
+                   help="exec loop only (the same as --workloads loop)")
+    p.add_argument("--workloads", metavar="LIST", default=",".join(wmod.ALL),
+                   help=f"comma-separated workloads (default: all of {','.join(wmod.ALL)})")
     p.add_argument("--execs", type=int, default=100, metavar="N",
                    help="execs of /bin/true in the loop (default 100)")
     # Many short rounds rather than a few long ones: the machine's speed drifts within seconds,
     # so a longer loop does not average the drift away, while more pairs narrow the median.
     p.add_argument("--reps", type=int, default=30, metavar="N",
                    help="rounds of the exec loop (default 30)")
-    p.add_argument("--stage-reps", type=int, default=3, metavar="N",
-                   help="rounds of the second stage, each on a fresh copy (default 3)")
+    p.add_argument("--rounds", "--stage-reps", dest="stage_reps", type=int, default=3,
+                   metavar="N", help="rounds of the second stage and of each build workload, "
+                   "each on a fresh copy (default 3)")
     p.add_argument("--stat", choices=measure.STATS, default="median",
                    help="statistic over repetitions (default median)")
     p.add_argument("--only", metavar="LIST", default=",".join(cmod.BY_NAME),
-                   help="comma-separated contenders (default: binfmt,qemu,proot,xshim)")
+                   help="comma-separated contenders (default: all of "
+                        f"{','.join(cmod.BY_NAME)}; twins only where xshim has --accelerate)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--save", type=Path, metavar="FILE",
                    help="also write the JSON document to FILE")
@@ -103,7 +114,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--only: unknown contender(s) {', '.join(bad) or '(none)'}; "
                 f"choose from {','.join(cmod.BY_NAME)}")
     if args.execs < 1 or args.reps < 1 or args.stage_reps < 1:
-        p.error("--execs, --reps and --stage-reps must be at least 1")
+        p.error("--execs, --reps and --rounds must be at least 1")
+    try:
+        args.workload_names = ["loop"] if args.quick else wmod.parse_list(args.workloads)
+    except ValueError as e:
+        p.error(f"--workloads: {e}")
+    args.quick = "stage" not in args.workload_names
     args.names = names
     return args
 
@@ -179,6 +195,42 @@ def second_stage(row: Row, first: Path, work: Path, tools: Tools, rep: int, reps
         f"{packages} packages installed")
 
 
+def build_workloads(rows: list[Row], first: Path, work: Path, tools: Tools,
+                    args: argparse.Namespace) -> None:
+    """The apt install, the C build and the byte-compile: rounds of every contender that can
+    nest execs, each run on a fresh copy of its cached tree."""
+    names = [n for n in args.workload_names if n in wmod.WORKLOADS]
+    if not names:
+        return
+    from xshim.builder import debian
+
+    suite = args.suite or debian.host_suite()
+    bases = wmod.base_trees(first, suite, args.mirror, tools, names)
+    by_name = {row.contender.name: row for row in rows}
+    for wname in names:
+        w = wmod.WORKLOADS[wname]
+        for rep in range(args.stage_reps):
+            for name in cmod.round_order(list(by_name), rep):
+                row = by_name[name]
+                if row.unavailable is not None or not row.contender.nested:
+                    continue
+                runs = row.runs.setdefault(wname, Runs())
+                if runs.error:
+                    continue
+                log(f"{name}: {wname} {rep + 1}/{args.stage_reps}")
+                try:
+                    t, result = wmod.run_once(w, row.contender, bases[w.tree], work, tools,
+                                              WORK_TIMEOUT, args.keep)
+                except RunFailed as e:
+                    runs.error = str(e)
+                    log(f"{name}: {wname} failed: {e} (see {work}/{name}-{wname}.log)")
+                    continue
+                runs.seconds.append(t.seconds)
+                runs.cpu_seconds.append(t.cpu)
+                runs.result = result
+                log(f"{name}: {wname} {t.seconds:.1f} s (cpu {t.cpu:.1f} s), {result}")
+
+
 def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         log("needs root: it chroots, maps ids 0-65535 into a user namespace and mounts "
@@ -207,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
             loop_trees[row.contender.name] = trees.fresh_copy(
                 first, work / f"{row.contender.name}-loop")
             probe(row, loop_trees[row.contender.name], tools)
-        exec_loops(rows, loop_trees, tools, args.execs, args.reps)
+        if "loop" in args.workload_names:
+            exec_loops(rows, loop_trees, tools, args.execs, args.reps)
         for tree in loop_trees.values():
             if not args.keep:
                 trees.remove_tree(tree)
@@ -218,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
                     row = by_name[name]
                     if row.unavailable is None and row.contender.nested and not row.stage_error:
                         second_stage(row, first, work, tools, rep, args.stage_reps, args.keep)
+        build_workloads(rows, first, work, tools, args)
     finally:
         if not args.keep:
             for tree in loop_trees.values():
