@@ -234,7 +234,8 @@ def unpack_zlib(dest: Path, suite: str, mirror: str | None) -> None:
                            "--no-same-owner"], capture_output=True, text=True)
     if proc.returncode != 0 or not (dest / "configure").is_file():
         raise RunFailed(f"unpacking {orig.name} failed: {proc.stderr.strip() or 'no configure'}")
-    _log(f"zlib {src.version} from {orig.name} (sha256 checked against the signed Sources index)")
+    _log(f"zlib {src.version} from {tarball.name} (sha256 checked against the signed Sources "
+         "index)")
 
 
 # -- one timed run ---------------------------------------------------------------------------------

@@ -75,11 +75,13 @@ class BundleRequest:
     qemu: tuple[str, ...] = ()
     rebuild: bool = False
     accelerate: Path | None = None  # the base tree whose programs get native twins
+    qemu_suite: str | None = None  # the Debian suite whose qemu-user to ship
 
 
 def run_bundle(req: BundleRequest) -> Manifest:
     return build_bundle(req.output, req.platforms, prefix=req.prefix, qemu=req.qemu,
-                        rebuild=req.rebuild, accelerate=req.accelerate)
+                        rebuild=req.rebuild, accelerate=req.accelerate,
+                        qemu_suite=req.qemu_suite)
 
 
 def build_bundle(
@@ -91,20 +93,25 @@ def build_bundle(
     cache: Path | None = None,
     rebuild: bool = False,
     accelerate: Path | None = None,
+    qemu_suite: str | None = None,
 ) -> Manifest:
     """Build the bundle into ``out`` (replacing an older bundle there); return the manifest.
 
-    ``accelerate``: the base tree whose programs get native twins (builder/twins.py)."""
+    ``accelerate``: the base tree whose programs get native twins (builder/twins.py).
+    ``qemu_suite``: the Debian suite whose qemu-user emulators to ship (default: the host's).
+    """
     from . import qemu as qemumod
 
     prefix = check_prefix(prefix)
+    if qemu_suite is not None:
+        qemumod.check_suite(qemu_suite)
     arches = list(dict.fromkeys(platforms))
     if not arches:
         raise InputError("no platform given", "use e.g. --platform linux/arm64")
     target = Path(out).absolute()
     _check_output(target)
     host = archmod.host_arch()
-    emulators, sources = qemumod.bundle_emulators(arches, qemu)
+    emulators, sources = qemumod.bundle_emulators(arches, qemu, suite=qemu_suite)
     twin_dir = _twins(accelerate, arches, prefix, host) if accelerate is not None else None
     frozen = freeze.frozen_shim(cache, rebuild=rebuild)
 

@@ -54,6 +54,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         trace=args.trace,
         workdir=args.workdir,
         accelerate=args.accelerate,
+        qemu_suite=args.qemu_suite,
     ))
 
 
@@ -73,6 +74,13 @@ def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=[],
         metavar="PATH",
         help="an emulator to use (repeatable); default: qemu-*-static found on PATH",
+    )
+    p.add_argument(
+        "--qemu-suite",
+        metavar="SUITE",
+        help="run the rootfs's programs with the qemu-user of this Debian suite (e.g. trixie "
+        "for qemu 10, which emulates execveat), fetched and checked against the signed "
+        "archive; default: the host's qemu-*-static",
     )
     p.add_argument(
         "--trace",
@@ -244,6 +252,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
         qemu=tuple(args.qemu),
         rebuild=args.rebuild,
         accelerate=_path(accelerate_base(args.accelerate, args.base)),
+        qemu_suite=args.qemu_suite,
     ))
     return 0
 
@@ -262,6 +271,9 @@ def _parse_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    f"{layout.DEFAULT_PREFIX})")
     p.add_argument("--qemu", action="append", default=[], metavar="PATH",
                    help="an emulator to bundle, named qemu-<target>[-static] (repeatable)")
+    p.add_argument("--qemu-suite", metavar="SUITE",
+                   help="ship the qemu-user of this Debian suite (e.g. trixie for qemu 10) "
+                   "instead of the host suite's, checked against the signed archive")
     p.add_argument("--rebuild", action="store_true",
                    help="freeze the supervisor again even when it is cached")
     p.add_argument("--accelerate", action="store_true",

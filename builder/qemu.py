@@ -206,12 +206,41 @@ def fetch_emulators(
     *,
     archive: debian.Archive | None = None,
     cache: Path | None = None,
+    suite: str | None = None,
 ) -> dict[str, Path]:
     """Emulators from Debian's qemu-user-static for the host architecture, verified, cached.
 
     Each unpacked emulator's SHA256 is recorded beside it and checked again on every reuse.
+    ``suite``: the Debian suite to take them from (default: the host's).
     """
-    return debian_emulators(arches, archive=archive, cache=cache)[0]
+    return debian_emulators(arches, archive=archive, cache=cache, suite=suite)[0]
+
+
+_SUITE = re.compile(r"^[a-z][a-z0-9.-]*$")
+
+
+def check_suite(suite: str, option: str = "--qemu-suite") -> str:
+    """A Debian suite name as given on the command line, or InputError."""
+    if not _SUITE.match(suite):
+        raise InputError(f"{option} {suite!r}: not a Debian suite name",
+                         "give a suite or codename such as bookworm, trixie or sid")
+    return suite
+
+
+def _read_emulator(deb: bytes, a: Arch, package: str) -> tuple[bytes, str]:
+    """``a``'s static emulator in a qemu .deb, and its member name: ``qemu-<target>-static`` up
+    to bookworm, plain ``qemu-<target>`` in qemu-user from trixie on (built static there)."""
+    from . import debian
+
+    errors = []
+    for name in (a.qemu_static, f"qemu-{a.qemu}"):
+        member = f"usr/bin/{name}"
+        try:
+            (blob, _mode), = debian.read_deb_members(deb, [member]).values()
+            return blob, member
+        except debian.DebFormatError as e:
+            errors.append(str(e))
+    raise MissingEmulatorError([a], f"{package} has none ({'; '.join(errors)})")
 
 
 class EmulatorSource(NamedTuple):
@@ -238,6 +267,7 @@ def debian_emulators(
     *,
     archive: debian.Archive | None = None,
     cache: Path | None = None,
+    suite: str | None = None,
 ) -> tuple[dict[str, Path], EmulatorSource]:
     """Emulators proven to be Debian's, and the package they came from.
 
@@ -254,7 +284,7 @@ def debian_emulators(
 
     host = archmod.host_arch()
     try:
-        archive = archive or debian.Archive.discover(cache=cache)
+        archive = archive or debian.Archive.discover(suite=suite, cache=cache)
         info = _find_package(archive, host.debian)
     except debian.ArchiveError as e:
         raise MissingEmulatorError(arches, f"Debian's {PACKAGE} could not be had: {e}") from e
@@ -272,15 +302,29 @@ def debian_emulators(
         if deb is None:
             log.info("fetching %s %s for %s", info.name, info.version, host.debian)
             deb = archive.fetch(info).read_bytes()
-        try:
-            (blob, _mode), = debian.read_deb_members(deb, [f"usr/bin/{a.qemu_static}"]).values()
-        except debian.DebFormatError as e:
-            raise MissingEmulatorError([a], f"{info.name} {info.version} has none ({e})") from e
+        blob, member = _read_emulator(deb, a, f"{info.name} {info.version}")
+        if not _blob_is_static(blob):
+            raise MissingEmulatorError(
+                [a], f"{info.name} {info.version}'s {member} is not statically linked")
         root.mkdir(parents=True, exist_ok=True)
         write_atomic(path, blob, mode=0o755)
         write_atomic(_sum_path(path), (hashlib.sha256(blob).hexdigest() + "\n").encode())
         out[a.name] = path
     return out, source
+
+
+def _blob_is_static(blob: bytes) -> bool:
+    """No PT_INTERP: the emulator runs where the image has no loader (and in a chroot)."""
+    import io
+
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        elf = ELFFile(io.BytesIO(blob))
+        return not any(seg["p_type"] == "PT_INTERP" for seg in elf.iter_segments())
+    except ELFError:
+        return False
 
 
 def bundle_emulators(
@@ -289,6 +333,7 @@ def bundle_emulators(
     *,
     archive: debian.Archive | None = None,
     cache: Path | None = None,
+    suite: str | None = None,
 ) -> tuple[dict[str, Path], dict[str, dict[str, str]]]:
     """The emulators a bundle ships, and where each came from (for its manifest).
 
@@ -300,7 +345,7 @@ def bundle_emulators(
     sources: dict[str, dict[str, str]] = {name: {"origin": "given"} for name in given}
     if rest:
         try:
-            fetched, source = debian_emulators(rest, archive=archive, cache=cache)
+            fetched, source = debian_emulators(rest, archive=archive, cache=cache, suite=suite)
         except MissingEmulatorError as e:
             raise MissingEmulatorError(e.arches, e.why, bundle=True) from e
         given.update(fetched)

@@ -44,7 +44,7 @@ from ..shim.tracelog import LOG_VALUES, TraceSink, open_sink
 from ..shim.twins import MAP_NAME, TwinTable, decisions
 from ..shim.twins import load as load_map
 from .errors import InputError, PrivilegeError, XshimError
-from .qemu import available_emulators, fetch_emulators
+from .qemu import available_emulators, check_suite, fetch_emulators
 
 log = logging.getLogger("xshim")
 
@@ -158,6 +158,7 @@ class RunRequest:
     trace: str | None = None
     workdir: str = "/"
     accelerate: bool = False  # native twins (builder/twins.py)
+    qemu_suite: str | None = None  # the Debian suite whose qemu-user to run
 
 
 def run_in_rootfs(req: RunRequest) -> int:
@@ -171,6 +172,13 @@ def run_in_rootfs(req: RunRequest) -> int:
     if not str(rootfs).strip():
         raise InputError("--rootfs is empty", "give the directory of a root filesystem, e.g. "
                          "--rootfs /var/tmp/arm64")
+    qemu_suite = req.qemu_suite
+    if qemu_suite is not None:
+        check_suite(qemu_suite)
+        if req.qemu:
+            raise InputError("--qemu and --qemu-suite both name the emulator to use",
+                             "give one of them: a file with --qemu, or a Debian suite whose "
+                             "qemu-user to fetch with --qemu-suite")
     root = Path(rootfs).resolve()
     check_rootfs(root)
     if os.geteuid() != 0:
@@ -187,7 +195,9 @@ def run_in_rootfs(req: RunRequest) -> int:
     # Every emulator the host has (or was given) is offered, for mixed-architecture trees; the
     # rootfs's own platform must have one, fetched from Debian if need be.
     emulators, missing = available_emulators(archmod.ARCHES, explicit)
-    if target in missing:
+    if qemu_suite is not None:  # that suite's emulator for the rootfs, not the host's
+        emulators.update(fetch_emulators([target], suite=qemu_suite))
+    elif target in missing:
         emulators.update(fetch_emulators([target]))
     twin_dir = _prepare_twins(root, target) if req.accelerate else None
 

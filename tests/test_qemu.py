@@ -19,6 +19,7 @@ from support.foreign import (
 )
 from xshim.builder import debian, qemu
 from xshim.builder.cli import exit_status
+from xshim.builder.errors import InputError
 from xshim.builder.fsutil import sha256_file
 from xshim.builder.values import parse_arch
 from xshim.shim import arch as archmod
@@ -117,6 +118,18 @@ def test_unknown_platform_is_input_error() -> None:
 
 
 @needs_host_qemu
+@pytest.mark.parametrize("suite", ["bookworm", "trixie", "sid", "bookworm-backports",
+                                   "stable"])
+def test_suite_names(suite: str) -> None:
+    assert qemu.check_suite(suite) == suite
+
+
+@pytest.mark.parametrize("suite", ["", "Trixie", "../x", "trixie/updates", "-trixie", "a b"])
+def test_bad_suite_names_are_input_errors(suite: str) -> None:
+    with pytest.raises(InputError, match=r"--qemu-suite .*not a Debian suite name"):
+        qemu.check_suite(suite)
+
+
 def test_is_static() -> None:
     assert qemu.is_static(HOST_QEMU)
     assert not qemu.is_static(Path(shutil.which("python3") or "/usr/bin/python3"))

@@ -70,8 +70,13 @@ root_integration = [pytest.mark.root, pytest.mark.integration]
     (["--platform", "linux/s390x"], {}, ["--platform linux/s390x contradicts the rootfs",
                                          "built for linux/arm64"]),
     (["--platform", "linux/vax"], {}, ["--platform: unknown platform 'linux/vax'"]),
+    (["--qemu-suite", "Trixie/updates"], {}, ["--qemu-suite 'Trixie/updates': not a Debian "
+                                              "suite name"]),
+    (["--qemu-suite", "trixie", "--qemu", "/usr/bin/qemu-aarch64-static"], {},
+     ["--qemu and --qemu-suite both name the emulator"]),
 ], ids=["trace-missing-dir", "trace-dir", "bad-XSHIM_TRACE", "workdir-missing",
-        "workdir-file", "platform-contradicts", "platform-unknown"])
+        "workdir-file", "platform-contradicts", "platform-unknown", "qemu-suite-name",
+        "qemu-and-qemu-suite"])
 @pytest.mark.root
 @pytest.mark.integration
 def test_run_refuses_bad_input_and_leaves_the_tree_alone(

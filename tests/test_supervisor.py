@@ -140,6 +140,22 @@ def test_fexecve_and_execveat_from_a_guest_program(tree: Path) -> None:
     assert (r.returncode == 0 and r.stdout == "aarch64\n") or "Function not implemented" in r.stderr
 
 
+@pytest.mark.network
+def test_qemu_suite_selects_a_newer_debian_qemu_that_emulates_execveat(tree: Path) -> None:
+    """trixie's qemu-user (10.0), fetched and checked through the signed archive, passes a
+    guest's execveat on to the supervisor; bookworm's 7.2 (the default here) answers ENOSYS."""
+    argv = [XSHIM, "run", "--rootfs", str(tree), "--qemu-suite", "trixie", "--",
+            "/opt/execveat_dirfd", "/bin/uname", "-m"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=ENV)
+    if r.returncode != 0 and "can't reach the Debian archive" in r.stderr:
+        pytest.skip("the Debian archive is unreachable")
+    assert (r.returncode, r.stdout) == (0, "aarch64\n"), r.stderr
+    default = xrun(tree, "/opt/execveat_dirfd", "/bin/uname", "-m")
+    if "7.2" in subprocess.run(["qemu-aarch64-static", "--version"], capture_output=True,
+                               text=True).stdout:
+        assert "Function not implemented" in default.stderr
+
+
 def test_execveat_with_empty_path_from_a_native_program(tree: Path, tmp_path: Path) -> None:
     """execveat(fd, "", AT_EMPTY_PATH) and execveat(dirfd, name) reach the supervisor directly."""
     cc = shutil.which("cc") or pytest.skip("no host C compiler")
