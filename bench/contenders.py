@@ -115,8 +115,15 @@ class Tools:
     accelerate: bool = False  # whether that xshim's `run` has --accelerate (native twins)
 
 
-def find_tools(qemu: str | None, xshim: str | None) -> Tools:
+def find_tools(qemu: str | None, xshim: str | None, qemu_suite: str | None = None) -> Tools:
+    """``qemu_suite``: every contender runs that Debian suite's qemu-user (fetched and checked
+    against the signed archive by xshim's own client) instead of the host's."""
     q = qemu or shutil.which(AARCH64.qemu_static)
+    if qemu_suite is not None:
+        from xshim.builder import qemu as qemumod
+
+        q = str(qemumod.fetch_emulators([AARCH64], suite=qemumod.check_suite(qemu_suite))[
+            AARCH64.name])
     if q is None:
         raise FileNotFoundError(
             f"{AARCH64.qemu_static} not found on PATH; apt-get install qemu-user-static "
@@ -177,10 +184,12 @@ def guest_command(c: Contender, tree: Path, argv: list[str], tools: Tools) -> li
         return ["unshare", "--mount", "--propagation", "private",
                 "proot", "-0", "-q", str(tools.qemu), "-r", t,
                 "-b", "/proc", "-b", "/dev", "-b", "/sys", "-w", "/", *argv]
+    # The same emulator file as the other contenders, whichever --qemu or --qemu-suite chose.
     if c.name == "xshim":
-        return [*tools.xshim, "run", "--rootfs", t, "--", *argv]
+        return [*tools.xshim, "run", "--qemu", str(tools.qemu), "--rootfs", t, "--", *argv]
     if c.name == "twins":
-        return [*tools.xshim, "run", "--accelerate", "--rootfs", t, "--", *argv]
+        return [*tools.xshim, "run", "--accelerate", "--qemu", str(tools.qemu), "--rootfs", t,
+                "--", *argv]
     if c.name == "qemu":
         return ["chroot", t, RAW_QEMU_IN_TREE, *argv]
     raise ValueError(c.name)

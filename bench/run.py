@@ -105,6 +105,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="where the per-contender copies go (default: $XSHIM_BENCH_CACHE/work)")
     p.add_argument("--keep", action="store_true", help="keep the copies and logs afterwards")
     p.add_argument("--qemu", metavar="PATH", help="qemu-aarch64-static to use (default: PATH)")
+    p.add_argument("--qemu-suite", metavar="SUITE",
+                   help="use that Debian suite's qemu-user for every contender, e.g. trixie "
+                        "(qemu 10.0), checked against the signed archive")
     p.add_argument("--xshim", metavar="CMD",
                    help="command that runs the xshim CLI (default: python3 -m xshim.builder)")
     args = p.parse_args(argv)
@@ -237,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
             "/proc for debootstrap; run it with sudo")
         return 2
     try:
-        tools = cmod.find_tools(args.qemu, args.xshim)
+        tools = cmod.find_tools(args.qemu, args.xshim, args.qemu_suite)
     except FileNotFoundError as e:
         log(str(e))
         return 2

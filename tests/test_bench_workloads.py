@@ -89,7 +89,8 @@ def test_twins_contender_only_where_xshim_has_accelerate() -> None:
     assert "--accelerate" in (contenders.unavailable_reason(twins, without) or "")
     assert contenders.unavailable_reason(twins, with_twins) is None
     argv = contenders.guest_command(twins, Path("/t"), ["/bin/true"], with_twins)
-    assert argv == ["xshim", "run", "--accelerate", "--rootfs", "/t", "--", "/bin/true"]
+    assert argv == ["xshim", "run", "--accelerate", "--qemu", "/usr/bin/qemu-aarch64-static",
+                    "--rootfs", "/t", "--", "/bin/true"]
 
 
 def test_package_status_reads_dpkg_database(tmp_path: Path) -> None:
