@@ -233,6 +233,7 @@ def run_in_rootfs(req: RunRequest) -> int:
         config = Config(
             emulators=inside, trace=sink, chroot=str(root), cwd=workdir, search_path=True,
             twins=table,
+            names_dir=f"{EMULATOR_DIR}/by-name",
         )
         argv = [c.encode() for c in command]
         log.debug("running %s in %s (%s)", command, root, target.platform)

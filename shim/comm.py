@@ -61,6 +61,45 @@ def syscall_offset(fd: int) -> int | None:
     return None
 
 
+class NameLinks:
+    """Symlinks named after programs, each to an emulator, for a rewritten exec to run: the
+    kernel names a process after the basename of the path it was given, not of the file the
+    path resolves to, so an exec of ``<dir>/<arch>/dpkg`` runs qemu already named ``dpkg``.
+    That saves the injected prctl and its three stops on every emulated exec.
+
+    ``host_dir`` is the directory as the supervisor sees it, ``inside_dir`` the same directory in
+    the command's root (where the tracees resolve the links); only ever used for tracees in that
+    root. A link that cannot be made leaves the exec to the injected rename.
+    """
+
+    def __init__(self, host_dir: str, inside_dir: bytes) -> None:
+        self.host_dir = host_dir.encode()
+        self.inside_dir = inside_dir.rstrip(b"/")
+        self.made: dict[tuple[bytes, bytes], bytes | None] = {}
+        self.targets: dict[bytes, bytes] = {}  # link path inside -> its emulator
+
+    def link(self, emulator: bytes, arch: str, name: bytes) -> bytes | None:
+        """The path (inside the command's root) of a link named ``name`` to ``emulator``."""
+        key = (emulator, name)
+        if key in self.made:
+            return self.made[key]
+        inside = None
+        if name not in (b"", b".", b"..") and len(self.made) < 4096:
+            sub = arch.encode()
+            try:
+                os.makedirs(self.host_dir + b"/" + sub, mode=0o755, exist_ok=True)
+                os.symlink(emulator, self.host_dir + b"/" + sub + b"/" + name)
+                inside = self.inside_dir + b"/" + sub + b"/" + name
+            except FileExistsError:
+                inside = self.inside_dir + b"/" + sub + b"/" + name
+            except OSError:
+                inside = None
+        self.made[key] = inside
+        if inside is not None:
+            self.targets[inside] = emulator
+        return inside
+
+
 class Namer:
     """Renames emulated processes at their exec; ``offsets`` per emulator path."""
 

@@ -37,7 +37,7 @@ class Execs:
 
     def __init__(
         self, emulators: dict[str, bytes], planner: Planner, trace: TraceSink | None,
-        traced_parent: Callable[[int], int],
+        traced_parent: Callable[[int], int], links: comm.NameLinks | None = None,
     ) -> None:
         self.emulators = emulators
         self.planner = planner
@@ -62,6 +62,7 @@ class Execs:
         # pid -> (name, syscall offset) for its emulated exec: see shim/comm.py.
         self.names: dict[int, tuple[bytes, int]] = {}
         self.namer = comm.Namer(self.inj, self.mem, planner.own_root)
+        self.links = links
         # pid -> descriptor of its emulator in it, for an exec that cannot reach it by path.
         self.emu_fds: dict[int, int] = {}
         self.handoff = handoff.Handoff(self.inj, self.mem, planner.own_root)
@@ -260,9 +261,16 @@ class Execs:
         if outcome.elsewhere and fd is None:
             self._hand_over(pid, regs, shown, outcome.emulator)
             return
+        # Run the emulator through a link named after the program (the process gets its name
+        # from the exec itself), where it needs a name and the tracee is in our root.
+        link = None
+        if path and fd is None and self.links is not None:
+            name = comm.kernel_name(shown)
+            if name != comm.kernel_name(outcome.emulator):
+                link = self.links.link(outcome.emulator, outcome.arch.name, name)
         try:
             argv_ptrs = self.mem.read_pointers(pid, argv_p, first=argv_head)
-            self._rewrite(pid, outcome, path_p, argv_ptrs, envp_p, fd)
+            self._rewrite(pid, outcome, path_p, argv_ptrs, envp_p, fd, link)
         except newargv.NeedMemory as need:
             if fd is not None:
                 self.emu_fds[pid] = fd
@@ -282,8 +290,8 @@ class Execs:
                 extra["package"] = f"{outcome.twin.twin.package}={outcome.twin.twin.version}"
             trace.exec(pid, self.traced_parent(pid), shown, argv, Decision.EMULATE, **extra)
             self.emulating[pid] = shown
-        if path:  # fexecve (an empty path): the kernel names it after the file, qemu's too
-            self._name(pid, shown, outcome.emulator)
+        if path and link is None:  # fexecve (an empty path): the kernel names it after the
+            self._name(pid, shown, outcome.emulator)  # file, qemu's too
         pt.cont_syscall(pid)
 
     def _name(self, pid: int, path: bytes, emulator: bytes) -> None:
@@ -361,6 +369,8 @@ class Execs:
             emulator = self.mem.read_cstring(pid, regs.rdi)
         except OSError:
             return False
+        if self.links is not None:
+            emulator = self.links.targets.get(emulator, emulator)
         if emulator not in self.emulators.values():
             return False
         at = ij.copy_regs(regs)
@@ -426,14 +436,14 @@ class Execs:
 
     def _rewrite(
         self, pid: int, plan: Plan, path_p: int, argv_ptrs: list[int], envp_p: int,
-        fd: int | None = None,
+        fd: int | None = None, link: bytes | None = None,
     ) -> None:
         """Point the exec at the emulator with its new argv (newargv.write), remembering the
         caller's registers for a failed exec."""
         regs = self.regs
         saved = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.orig_rax)
         area = self.scratch.get(pid) if self.scratch else None
-        newargv.write(self.mem, pid, regs, plan, path_p, argv_ptrs, envp_p, fd, area)
+        newargv.write(self.mem, pid, regs, plan, path_p, argv_ptrs, envp_p, fd, area, link)
         self.saved[pid] = saved
         pt.setregs(pid, regs)
         if fd is not None:

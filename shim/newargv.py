@@ -25,6 +25,7 @@ class NeedMemory(Exception):
 def write(
     mem: pt.TraceeMemory, pid: int, regs: pt.UserRegs, plan: Plan, path_p: int,
     argv_ptrs: list[int], envp_p: int, fd: int | None, area: tuple[int, int] | None,
+    link: bytes | None = None,
 ) -> None:
     """Write the new argv below the tracee's stack pointer (or in ``area``, a mapping made for
     it) and point the exec in ``regs`` at it: execve of the emulator, or execveat of ``fd``.
@@ -32,6 +33,7 @@ def write(
     The caller's own strings (argv[1:], and the path when it can be reused) stay where they
     are; only new strings and the new pointer array are written, so a huge argv costs one
     small write. NeedMemory: the argv needs a mapping of that many bytes (``regs`` unchanged).
+    ``link``: the path to execve instead of the emulator's (argv[0] stays the emulator's).
     """
     strings = list(plan.head)
     argv0 = argv_ptrs[0] if argv_ptrs else 0
@@ -55,6 +57,8 @@ def write(
     empty = len(blob)  # execveat's "" when the emulator is run through a descriptor
     if fd is not None:
         blob += b"\0"
+    elif link is not None:
+        blob += link + b"\0"  # at ``empty`` too
     tail = argv_ptrs[1:]
     nptrs = len(strings) + len(tail) + 1
     size = nptrs * 8 + len(blob)
@@ -76,7 +80,7 @@ def write(
         raise
     if fd is None:
         regs.orig_rax = pt.NR_EXECVE
-        regs.rdi = ptrs[0]
+        regs.rdi = ptrs[0] if link is None else str_base + empty
         regs.rsi = base
         regs.rdx = envp_p
     else:

@@ -21,9 +21,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
+from . import comm, sigstate
 from . import inject as ij
 from . import ptrace as pt
-from . import sigstate
 from .arch import Arch, host_arch
 from .decide import HEADER_SIZE, Foreign, Native, classify
 from .errors import ShimError
@@ -63,6 +63,9 @@ class Config(NamedTuple):
     cwd: str | None = None  # and changes to this directory (inside the new root)
     search_path: bool = False  # look argv[0] up in PATH, like execvp
     twins: TwinTable | None = None  # native twins (shim/twins.py), when accelerated
+    # A directory of the command's root, ours to fill, for links that name emulated processes
+    # (shim/comm.py NameLinks); None: they are renamed by an injected prctl instead.
+    names_dir: str | None = None
 
 
 class SupervisorError(ShimError):
@@ -84,7 +87,11 @@ class Supervisor:
             guest_arch(config.guest_shell, config.chroot) if config.guest_shell else None,
             config.chroot or "/", config.twins,
         )
-        self.execs = Execs(config.emulators, planner, config.trace, self._traced_parent)
+        links = None
+        if config.names_dir is not None:
+            host = os.path.join(config.chroot or "/", config.names_dir.lstrip("/"))
+            links = comm.NameLinks(host, config.names_dir.encode())
+        self.execs = Execs(config.emulators, planner, config.trace, self._traced_parent, links)
 
     # -- start -------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from xshim.shim.comm import kernel_name, syscall_offset
+from xshim.shim.comm import NameLinks, kernel_name, syscall_offset
 
 
 def test_the_name_is_the_basename_cut_at_15_bytes() -> None:
@@ -59,3 +59,26 @@ def test_a_dynamically_linked_program_has_none(tmp_path: Path) -> None:
         assert syscall_offset(fd) is None
     finally:
         os.close(fd)
+
+
+def test_name_links_point_at_the_emulator_and_are_made_once(tmp_path: Path) -> None:
+    """The links a rewritten exec runs instead of the emulator: named after the program, in a
+    directory per architecture, the path given as the command's root sees it."""
+    links = NameLinks(str(tmp_path / "by-name"), b"/dev/.xshim/by-name")
+    emu = b"/dev/.xshim/qemu-aarch64-static"
+    got = links.link(emu, "aarch64", b"dpkg")
+    assert got == b"/dev/.xshim/by-name/aarch64/dpkg"
+    assert os.readlink(tmp_path / "by-name" / "aarch64" / "dpkg") == emu.decode()
+    assert links.link(emu, "aarch64", b"dpkg") == got  # remembered, not made again
+    assert links.targets[got] == emu
+    # Made by another supervisor sharing the directory: used as it is.
+    other = NameLinks(str(tmp_path / "by-name"), b"/dev/.xshim/by-name")
+    assert other.link(emu, "aarch64", b"dpkg") == got
+    for bad in (b"", b".", b".."):
+        assert links.link(emu, "aarch64", bad) is None  # left to the injected rename
+
+
+def test_name_links_fall_back_where_the_directory_cannot_be_made(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    links = NameLinks(str(tmp_path / "file"), b"/x")
+    assert links.link(b"/qemu-aarch64-static", "aarch64", b"cat") is None
