@@ -175,11 +175,15 @@ def prepare(c: Contender, tree: Path, tools: Tools) -> None:
         shutil.copy2(tools.qemu, tree / RAW_QEMU_IN_TREE.lstrip("/"))
 
 
-def guest_command(c: Contender, tree: Path, argv: list[str], tools: Tools) -> list[str]:
-    """The host command line that runs guest ``argv`` (absolute guest paths) in ``tree``."""
+def guest_command(
+    c: Contender, tree: Path, argv: list[str], tools: Tools, mounts: bool = False
+) -> list[str]:
+    """The host command line that runs guest ``argv`` (absolute guest paths) in ``tree``.
+    ``mounts``: binfmt's chroot gets /proc and /dev, as proot's and xshim's always have (a build
+    step has them; make and configure behave differently without)."""
     t = str(tree)
     if c.name == "binfmt":
-        return under_binfmt(tools.qemu, t, argv, name="xshim-bench")
+        return under_binfmt(tools.qemu, t, argv, name="xshim-bench", mounts=mounts)
     if c.name == "proot":
         return ["unshare", "--mount", "--propagation", "private",
                 "proot", "-0", "-q", str(tools.qemu), "-r", t,

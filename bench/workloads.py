@@ -247,8 +247,8 @@ def run_once(w: Workload, c: cmod.Contender, base: Path, work: Path, tools: Tool
     tree = trees.fresh_copy(base, work / f"{c.name}-{w.name}")
     logfile = work / f"{c.name}-{w.name}.log"
     try:
-        t = measure.timed(cmod.guest_command(c, tree, list(w.argv), tools), timeout, logfile,
-                          w.environment())
+        t = measure.timed(cmod.guest_command(c, tree, list(w.argv), tools, mounts=True),
+                          timeout, logfile, w.environment())
         return t, w.check(tree)
     finally:
         if not keep:

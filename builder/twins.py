@@ -327,10 +327,13 @@ def _cache_key(cands: list[Candidate], skipped: list[dict[str, str]], inside: st
                root: Path) -> str:
     h = hashlib.sha256(f"{RECIPE}\n{inside}\n{sorted(map(sorted, map(dict.items, skipped)))}\n"
                        .encode())
+    # Not the inode: a copy of the tree (cp -a keeps sizes and mtimes) reuses the directory. A
+    # stale entry costs nothing but speed: the shim checks each guest file's sha256 against the
+    # map before its twin runs, and emulates it otherwise.
     for c in cands:
         st = (root / c.guest.lstrip("/")).stat()
         h.update(f"{c.guest} {c.package.name}={c.package.version} {c.host_package} "
-                 f"{st.st_size} {st.st_mtime_ns} {st.st_ino}\n".encode())
+                 f"{st.st_size} {st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 
