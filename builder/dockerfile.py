@@ -8,19 +8,21 @@ a RUN is routed through the shim bundle (see the bundle contract), changing as l
   default shell stays as written. At the end of the stage ``xshim-restore --remove-bundle``
   puts ``/bin/sh`` back and deletes the bundle (as ``USER 0``, with the stage's USER set back
   after; by number, as the legacy builder cannot find ``root`` in an image without passwd).
-* ``mount`` mode (BuildKit, buildah, podman): nothing is installed; each RUN bind-mounts the
-  bundle (from the build context, or from a named build context with ``mount_from``), so no
-  bundle byte lands in a layer.
+* ``mount`` mode (BuildKit, buildah, podman): each RUN bind-mounts the bundle (from the build
+  context, or from a named build context with ``mount_from``), so no bundle byte lands in a
+  layer. The same swap is made by ``xshim-install --mounted`` in a RUN of its own right after
+  FROM, which keeps the image's shell beside the bundle (the bundle is read-only, and only there
+  during a RUN), and undone by ``xshim-restore`` at the end of the stage: shell-form RUNs only
+  gain their ``--mount``, on their first line.
 
-Where the stage's SHELL is known (a SHELL instruction in the stage or in a parent stage), the
-SHELL is what routes: it becomes ``["<prefix>/bin/xshim-exec", <the user's shell>...]``, so every
-shell-form RUN (heredocs included) stays byte-identical in copy mode and only gains its
-``--mount`` on its first line in mount mode, and the builder builds from it exactly what it would
-have built. The user's SHELL is set back before a shell-form CMD or ENTRYPOINT (the builder bakes
-the SHELL in force into them) and at the end of the stage, so the image config is the unpatched
-build's. A SHELL inherited from the base image cannot be set back (it is not known, and a SHELL
-instruction cannot unset it), so under it mount mode turns each shell-form RUN into the exec form
-the builder would have run (see ``_heredoc_argv`` for heredocs). Exec-form RUN always becomes
+Where the stage's SHELL is known and is not ``/bin/sh -c`` (a SHELL instruction in the stage or
+in a parent stage), the SHELL is what routes: it becomes ``["<prefix>/bin/xshim-exec", <the
+user's shell>...]``, so every shell-form RUN (heredocs included) stays byte-identical in copy
+mode and only gains its ``--mount`` in mount mode, and the builder builds from it exactly what it
+would have built. The user's SHELL is set back before a shell-form CMD or ENTRYPOINT (the builder
+bakes the SHELL in force into them) and at the end of the stage, so the image config is the
+unpatched build's. A SHELL that only the base image's config sets is not known and is left
+alone: its RUNs are taken to use ``/bin/sh``, which is the shim. Exec-form RUN always becomes
 exec form through ``xshim-exec``.
 
 Every byte that is not part of a changed instruction comes back unchanged; inserted lines use the
@@ -43,10 +45,8 @@ from .dockerfile_lex import (
     Instruction,
     Lexed,
     LexError,
-    chomp_heredoc,
     close_continuation,
     lex,
-    parse_heredoc,
     parse_words,
     split_lines,
 )
@@ -57,10 +57,6 @@ from .errors import SourceError
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 TRACE_ARG = "XSHIM_TRACE"
-# Where BuildKit mounts the script of a ``RUN <<EOF`` whose body starts with ``#!``.
-HEREDOC_PIPES = "/dev/pipes"
-# Writes "$1" to the file "$2", then runs the rest of the arguments: the stage's shell on it.
-_HEREDOC_WRITER = 'printf \'%s\' "$1" >"$2" && chmod 0755 "$2" && shift 2 && exec "$@"'
 
 
 @dataclass
@@ -132,25 +128,6 @@ def _routed(shell: tuple[str, ...], prefix: str) -> bool:
     return len(shell) > 1 and shell[0] == layout.Layout(prefix).exec
 
 
-def _heredoc_argv(ins: Instruction, shell: tuple[str, ...]) -> tuple[list[str], bool]:
-    """What BuildKit runs for a shell-form RUN with heredocs: (argv, needs /dev/pipes).
-
-    Mirrors dockerfile2llb's dispatchRun: a RUN whose whole command is one heredoc runs the
-    (chomped) body with the shell, or, when the body starts with ``#!``, mounts it as an
-    executable file under /dev/pipes and runs that; any other command gets the heredoc bodies
-    appended back, as a shell script, and the shell handles them.
-    """
-    first = ins.heredocs[0]
-    if parse_heredoc(ins.args) is not None:
-        data = chomp_heredoc(first.content) if first.chomp else first.content
-        if data.startswith("#!"):
-            path = f"{HEREDOC_PIPES}/{first.name}"
-            return ["-c", _HEREDOC_WRITER, "sh", data, path, *shell, path], True
-        return [*shell, data], False
-    script = ins.args + "".join("\n" + h.content + h.name for h in ins.heredocs)
-    return [*shell, script], False
-
-
 def _render(keyword: str, flags: list[str], argv: list[str] | tuple[str, ...]) -> str:
     text = json.dumps(list(argv), ensure_ascii=False)
     return " ".join([keyword, *[f for f in flags if f], text])
@@ -207,10 +184,13 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Edits,
                                 "nothing to do"))
         return False
     bundle = layout.Layout(prefix)
+    mount = options.mode is Mode.MOUNT
     installed = any(r.json and r.json[0] == bundle.install for r in runs)
     restored = any(r.json and r.json[0] == bundle.restore for r in runs)
     mounted = any(_has_our_mount(r, prefix) for r in runs)
-    if options.mode is Mode.MOUNT and (installed or restored):
+    copied = any((r.json and r.json[0] in (bundle.install, bundle.restore))
+                 and not _has_our_mount(r, prefix) for r in runs)
+    if mount and copied:
         raise SourceError(filename, frm.line, f"{stage.label} is already patched in copy mode",
                           "patch the original Dockerfile, or use --mode copy")
     if options.mode is Mode.COPY and mounted:
@@ -226,11 +206,14 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Edits,
     if not has_trace_arg:
         head.append(f"{style.kw('ARG')} {TRACE_ARG}")
     parent_user = stage.parent.user_at_end if stage.parent else None
-    if options.mode is Mode.COPY and not installed:
+    flags = [_mount_flag(options)] if mount else []
+    if not installed:
         if not _is_root(parent_user):
             head.append(f"{style.kw('USER')} 0")  # by number: no passwd needed
-        head.append(f"{style.kw('COPY')} {options.bundle} {prefix}")
-        head.append(_render(style.kw("RUN"), [], [bundle.install]))
+        if not mount:
+            head.append(f"{style.kw('COPY')} {options.bundle} {prefix}")
+        head.append(_render(style.kw("RUN"), flags,
+                            [bundle.install, *(["--mounted"] if mount else [])]))
         if not _is_root(parent_user):
             head.append(f"{style.kw('USER')} {parent_user}")
     if head:
@@ -256,10 +239,11 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Edits,
         elif m.cmd == "run" and not _is_ours(m, prefix):
             changes += _plan_run(lexed, i, m, shell, options, prefix, style, plan, findings, stage)
     tail: list[str] = []
-    if options.mode is Mode.COPY and not restored:
+    if not restored:
         if not _is_root(user):
             tail.append(f"{style.kw('USER')} 0")
-        tail.append(_render(style.kw("RUN"), [], [bundle.restore, "--remove-bundle"]))
+        tail.append(_render(style.kw("RUN"), flags,
+                            [bundle.restore, *([] if mount else ["--remove-bundle"])]))
         if not _is_root(user):
             tail.append(f"{style.kw('USER')} {user}")
     if shell.routed:
@@ -308,55 +292,31 @@ def _plan_run(lexed: Lexed, i: int, ins: Instruction, shell: _Shell, options: Op
         return 1
     if not ins.args and not ins.heredocs:
         return 0  # no command: the builder rejects it, with or without the shim
-    known = shell.user is not None
-    custom = known and shell.user != DEFAULT_SHELL
-    if not mount and not custom:
-        return 0  # /bin/sh is the shim now
-    if known:
-        assert shell.user is not None
-        changed = 0
-        if not shell.routed:
-            if shell.pending is not None:
-                own = lexed.instructions[shell.pending]
-                plan.replace[shell.pending] = _render(own.keyword, [], [exec_, *shell.user])
-                line = own.line
-            else:
-                plan.after.setdefault(i - 1, []).append(
-                    _render(style.kw("SHELL"), [], [exec_, *shell.user]))
-                line = ins.line
-            findings.append(Finding(line, 1, Level.INFO, "XS003",
-                                    f"{stage.label}: SHELL routed through the shim (the user's "
-                                    "SHELL is set back where the image config takes it)"))
-            if mount:
-                findings.append(Finding(
-                    line, 1, Level.WARNING, "XS014",
-                    f"{stage.label}: buildah and podman use SHELL only with --format docker (in "
-                    "their default OCI format they run /bin/sh, which mount mode cannot route): "
-                    "build with --format docker there, or patch with --mode copy"))
-            shell.routed, shell.pending = True, None
-            changed = 1
+    if shell.user is None or shell.user == DEFAULT_SHELL:
+        # /bin/sh is the shim now: the RUN stays as written, and gains its mount.
         if mount:
             plan.first[i] = _with_flag(lexed.lines[ins.start], ins.keyword, flags[0])
-            changed = 1
-        return changed
-    plan.replace[i] = _rewrite_run(ins, options, prefix)
-    findings.append(Finding(ins.line, 1, Level.INFO, "XS002",
-                            f"{stage.label}: RUN rewritten to run through the shim"))
-    return 1
-
-
-def _rewrite_run(ins: Instruction, options: Options, prefix: str) -> str:
-    """A shell-form RUN under the base image's (unknown) SHELL in mount mode, as the exec form
-    the builder would have run, through the shim."""
-    sh = layout.Layout(prefix).shim
-    flags = [_mount_flag(options)]
-    if ins.heredocs:
-        argv, pipes = _heredoc_argv(ins, DEFAULT_SHELL)
-        if pipes:
-            flags.append(f"--mount=type=tmpfs,target={HEREDOC_PIPES}")
-            return _render(ins.keyword, [*flags, ins.flags_raw], [sh, *argv])
-        return _render(ins.keyword, [*flags, ins.flags_raw], [sh, "-c", argv[-1]])
-    return _render(ins.keyword, [*flags, ins.flags_raw], [sh, "-c", ins.args])
+            return 1
+        return 0
+    changed = 0
+    if not shell.routed:
+        if shell.pending is not None:
+            own = lexed.instructions[shell.pending]
+            plan.replace[shell.pending] = _render(own.keyword, [], [exec_, *shell.user])
+            line = own.line
+        else:
+            plan.after.setdefault(i - 1, []).append(
+                _render(style.kw("SHELL"), [], [exec_, *shell.user]))
+            line = ins.line
+        findings.append(Finding(line, 1, Level.INFO, "XS003",
+                                f"{stage.label}: SHELL routed through the shim (the user's "
+                                "SHELL is set back where the image config takes it)"))
+        shell.routed, shell.pending = True, None
+        changed = 1
+    if mount:
+        plan.first[i] = _with_flag(lexed.lines[ins.start], ins.keyword, flags[0])
+        changed = 1
+    return changed
 
 
 def _apply_edits(lexed: Lexed, plan: _Edits) -> str:

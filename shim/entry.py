@@ -3,7 +3,8 @@
   sh              the image's /bin/sh replacement: runs the image's own shell, with the same
                   arguments, under the supervisor.
   xshim-exec      ``xshim-exec CMD ARGS...``: CMD (searched in $PATH) under the supervisor.
-  xshim-install   swaps /bin/sh for the shim, keeping the original.
+  xshim-install   swaps /bin/sh for the shim, keeping the original (``--mounted``: beside the
+                  read-only bundle, for mount mode).
   xshim-restore   puts the original /bin/sh back; ``--remove-bundle`` also deletes the bundle.
 
 The bundle's layout and manifest are defined in shim/layout.py (docs/bundle-contract.md).
@@ -11,6 +12,7 @@ The bundle's layout and manifest are defined in shim/layout.py (docs/bundle-cont
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -76,17 +78,26 @@ def bundled_emulators(layout: Layout) -> dict[str, bytes]:
     return found
 
 
+def _kept(layout: Layout) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Where xshim-install may have kept the image's shell, in the order the shim looks: the
+    bundle's guest/ (copy mode), then beside the bundle (mount mode); each (file, symlink)."""
+    return ((layout.guest_sh, layout.guest_symlink), (layout.outside_sh, layout.outside_symlink))
+
+
 def guest_shell(layout: Layout, root: str = "/") -> str:
-    """The image's own shell: kept in <prefix>/guest by xshim-install, else /bin/sh itself."""
-    here = layout.inside(root)
-    if os.path.lexists(here.guest_sh):
-        return layout.guest_sh
-    try:
-        with open(here.guest_symlink, encoding="utf-8") as f:
-            target = f.read()
-    except FileNotFoundError:
-        return SH
-    return os.path.normpath(os.path.join(os.path.dirname(SH), target))
+    """The image's own shell: kept in <prefix>/guest or <prefix>-guest by xshim-install, else
+    /bin/sh itself (the bundle used without being installed, as by ``xshim run``)."""
+    for (sh, _), (sh_here, link_here) in zip(_kept(layout), _kept(layout.inside(root)),
+                                               strict=True):
+        if os.path.lexists(sh_here):
+            return sh
+        try:
+            with open(link_here, encoding="utf-8") as f:
+                target = f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        return os.path.normpath(os.path.join(os.path.dirname(SH), target))
+    return SH
 
 
 # -- install / restore -----------------------------------------------------------------------------
@@ -150,12 +161,34 @@ def _same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def install(layout: Layout, root: str = "/") -> None:
+def _check_outside(here: Layout, allowed: tuple[str, ...]) -> None:
+    """Refuse a <prefix>-guest that holds anything but ``allowed``: the image brought it, and
+    what is there would be taken for its shell, or be deleted by xshim-restore."""
+    try:
+        names = sorted(os.listdir(here.outside_dir))
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        names = [""]
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        shown = ", ".join(os.path.join(here.outside_dir, n) for n in unknown)
+        raise InstallError(f"{shown}: already in the image, where xshim keeps the image's "
+                           f"{SH} in mount mode; refusing",
+                           "remove it from the image, or patch with another --prefix")
+
+
+_NAMES = (os.path.basename(GUEST_SH), os.path.basename(GUEST_SYMLINK))
+
+
+def install(layout: Layout, root: str = "/", mounted: bool = False) -> None:
     """Swap /bin/sh for the shim. At every moment the original exists under some name.
 
     A regular /bin/sh is hard-linked into <prefix>/guest/sh first (same inode, so restoring is
     bit-identical, owner, mode and times included); a symlinked one has its target recorded.
-    Only then is /bin/sh replaced, by an atomic rename of a new symlink over it.
+    Only then is /bin/sh replaced, by an atomic rename of a new symlink over it. ``mounted``
+    (mount mode: the bundle is read-only and there only during each RUN) keeps the original in
+    <prefix>-guest instead, in the image; between RUNs /bin/sh then points at nothing.
     """
     sh = os.path.join(root, SH.lstrip("/"))
     here = layout.inside(root)
@@ -163,31 +196,48 @@ def install(layout: Layout, root: str = "/") -> None:
         return  # already installed
     if not os.path.lexists(sh):
         raise InstallError(f"{SH} does not exist in this image, so there is nothing to wrap")
-    # guest/sh may already be /bin/sh itself: an install interrupted after its first step.
-    resumed = (os.path.basename(GUEST_SH),) if _same_file(here.guest_sh, sh) else ()
-    _check_guest(here, resumed)
-    os.makedirs(here.guest_dir, exist_ok=True)
+    keep_dir, keep_sh, keep_link = (
+        (here.outside_dir, here.outside_sh, here.outside_symlink) if mounted
+        else (here.guest_dir, here.guest_sh, here.guest_symlink))
+    # The kept file may already be /bin/sh itself: an install interrupted after its first step.
+    resumed = (os.path.basename(GUEST_SH),) if _same_file(keep_sh, sh) else ()
+    # A bundle's guest/ is where the shim looks first, so it must be empty in both modes.
+    _check_guest(here, () if mounted else resumed)
+    if mounted:
+        _check_outside(here, resumed)
+    os.makedirs(keep_dir, exist_ok=True)
     if os.path.islink(sh):
-        _write_atomic(here.guest_symlink, os.readlink(sh))
+        _write_atomic(keep_link, os.readlink(sh))
     elif not resumed:
-        os.link(sh, here.guest_sh)
+        os.link(sh, keep_sh)
     _symlink_atomic(layout.shim, sh)
 
 
 def restore(layout: Layout, root: str = "/", remove_bundle: bool = False) -> None:
-    """Put the original /bin/sh back (atomic rename), then optionally delete the bundle."""
+    """Put the original /bin/sh back (atomic rename), wherever install kept it, and leave no
+    trace of the keeping; then optionally delete the bundle."""
     sh = os.path.join(root, SH.lstrip("/"))
     here = layout.inside(root)
     if os.path.islink(sh) and os.readlink(sh) == layout.shim:
-        _check_guest(here, (os.path.basename(GUEST_SH), os.path.basename(GUEST_SYMLINK)))
-        if os.path.lexists(here.guest_sh):
-            os.rename(here.guest_sh, sh)
-        elif os.path.exists(here.guest_symlink):
-            with open(here.guest_symlink, encoding="utf-8") as f:
-                _symlink_atomic(f.read(), sh)
+        _check_guest(here, _NAMES)
+        _check_outside(here, _NAMES)
+        for keep_sh, keep_link in _kept(here):
+            if os.path.lexists(keep_sh):
+                os.rename(keep_sh, sh)
+                break
+            if os.path.exists(keep_link):
+                with open(keep_link, encoding="utf-8") as f:
+                    _symlink_atomic(f.read(), sh)
+                break
         else:
             raise InstallError(f"{SH} points at the shim but no original was kept in "
-                               f"{here.guest_dir}")
+                               f"{here.guest_dir} or {here.outside_dir}")
+    if os.path.isdir(here.outside_dir) and not os.path.islink(here.outside_dir):
+        _check_outside(here, _NAMES)
+        for name in _NAMES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(here.outside_dir, name))
+        os.rmdir(here.outside_dir)
     if remove_bundle:
         import shutil
 
@@ -295,7 +345,9 @@ def _twins(layout: Layout, sink: TraceSink | None) -> TwinTable | None:
 
 USAGE = {
     EXEC_NAME: f"usage: {EXEC_NAME} CMD [ARGS...]\n",
-    INSTALL_NAME: f"usage: {INSTALL_NAME}   (swaps /bin/sh for the shim; needs root)\n",
+    INSTALL_NAME: f"usage: {INSTALL_NAME} [--mounted]   (swaps /bin/sh for the shim; needs "
+                  "root; --mounted: the bundle is bind-mounted for each RUN, keep the image's "
+                  "shell beside it)\n",
     RESTORE_NAME: f"usage: {RESTORE_NAME} [--remove-bundle]\n",
 }
 
@@ -306,16 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     role = os.path.basename(args[0]) if args else "sh"
     layout = find_layout()
     if role in (INSTALL_NAME, RESTORE_NAME):
-        if any(a not in ("--remove-bundle",) for a in args[1:]) or (
-            role == INSTALL_NAME and len(args) > 1
-        ):
+        allowed = "--mounted" if role == INSTALL_NAME else "--remove-bundle"
+        if any(a != allowed for a in args[1:]) or len(args) > 2:
             sys.stderr.write(USAGE[role])
             return 2
         try:
             if role == INSTALL_NAME:
                 if native_image(layout):
                     return 0  # the image's /bin/sh runs here as it is: nothing to wrap
-                install(layout)
+                install(layout, mounted="--mounted" in args)
             else:
                 restore(layout, remove_bundle="--remove-bundle" in args)
         except InstallError as e:

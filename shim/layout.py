@@ -18,6 +18,13 @@ image (``/.xshim`` unless ``--prefix`` says otherwise). Everything below is rela
                                   shell there (guest/sh, a hard link, or guest/sh.symlink, the
                                   target of a symlinked /bin/sh)
 
+One path sits beside PREFIX, in the image itself, never in the bundle:
+
+  PREFIX-guest/                   ``xshim-install --mounted`` keeps the image's shell here (the
+                                  same two names as guest/) when the bundle is only bind-mounted,
+                                  read-only, for each RUN; xshim-restore puts it back and removes
+                                  the directory
+
 The manifest (format 2) lists every file, symlink and directory with its role, and for files
 and directories their permission bits, so that nothing can be added, changed or loosened
 without ``xshim verify`` seeing it. ``guest/`` is declared in it as the one runtime directory:
@@ -58,6 +65,9 @@ TWIN = "twin"
 GUEST = "guest"
 GUEST_SH = f"{GUEST}/sh"  # the image's regular /bin/sh, hard-linked here by xshim-install
 GUEST_SYMLINK = f"{GUEST}/sh.symlink"  # or the target of a symlinked /bin/sh
+# Mount mode: the bundle is read-only and only there during each RUN, so the image's shell is
+# kept beside it, in the image: PREFIX + this suffix, holding the same two names as guest/.
+OUTSIDE_SUFFIX = "-guest"
 
 # Roles of manifest entries.
 FILE_ROLES = ("shim", "payload", "loader", "library", "emulator", "twin")
@@ -140,6 +150,20 @@ class Layout:
     @property
     def manifest(self) -> str:
         return self.path(MANIFEST)
+
+    @property
+    def outside_dir(self) -> str:
+        """Where ``xshim-install --mounted`` keeps the image's shell: beside the bundle, in the
+        image, as the bundle itself is read-only there."""
+        return (self.base if self.base != "/" else "") + OUTSIDE_SUFFIX
+
+    @property
+    def outside_sh(self) -> str:
+        return posixpath.join(self.outside_dir, os.path.basename(GUEST_SH))
+
+    @property
+    def outside_symlink(self) -> str:
+        return posixpath.join(self.outside_dir, os.path.basename(GUEST_SYMLINK))
 
     @classmethod
     def of_shim(cls, executable: str) -> Layout:

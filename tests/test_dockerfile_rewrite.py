@@ -78,17 +78,27 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 EXAMPLE_MOUNT = """\
 FROM --platform=linux/arm64 debian:bookworm AS build
 ARG XSHIM_TRACE
+RUN --mount=type=bind,source=.xshim,target=/.xshim ["/.xshim/bin/xshim-install", "--mounted"]
 SHELL ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c"]
 RUN --mount=type=bind,source=.xshim,target=/.xshim echo hi | cat
 RUN --mount=type=bind,source=.xshim,target=/.xshim \
 ["/.xshim/bin/xshim-exec", "dpkg", "--print-architecture"]
 USER nobody
+USER 0
+RUN --mount=type=bind,source=.xshim,target=/.xshim ["/.xshim/bin/xshim-restore"]
+USER nobody
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 FROM build
 ARG XSHIM_TRACE
+USER 0
+RUN --mount=type=bind,source=.xshim,target=/.xshim ["/.xshim/bin/xshim-install", "--mounted"]
+USER nobody
 SHELL ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c"]
 RUN --mount=type=bind,source=.xshim,target=/.xshim id -u
+USER 0
+RUN --mount=type=bind,source=.xshim,target=/.xshim ["/.xshim/bin/xshim-restore"]
+USER nobody
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 """
 
@@ -109,7 +119,8 @@ def test_default_shell() -> None:
         'RUN ["/.xshim/bin/xshim-restore", "--remove-bundle"]\n')
     assert rewrite(text, "mount") == (
         "FROM --platform=linux/arm64 debian\nARG XSHIM_TRACE\n"
-        f'RUN {MOUNT} ["/.xshim/bin/sh", "-c", "apt-get update"]\n')
+        f'RUN {MOUNT} ["/.xshim/bin/xshim-install", "--mounted"]\nRUN {MOUNT} apt-get update\n'
+        f'RUN {MOUNT} ["/.xshim/bin/xshim-restore"]\n')
 
 
 # --- which stages are foreign ------------------------------------------------------------------
@@ -245,16 +256,17 @@ def wrapped(body: str, mode: str = "copy") -> list[Instruction]:
 @pytest.mark.parametrize(
     ("body", "copy_argv", "mount_argv"),
     [
-        # Under the base image's SHELL: copy mode keeps it (the shim is /bin/sh), mount mode
-        # runs the exec form the builder would have run.
-        ("RUN a && b\n", None, [SH, "-c", "a && b"]),
+        # Under the base image's SHELL both modes keep it (the shim is /bin/sh); mount mode only
+        # adds the mount.
+        ("RUN a && b\n", None, None),
         ('RUN ["apt-get", "update"]\n', [EXEC, "apt-get", "update"],
          [EXEC, "apt-get", "update"]),
         # Invalid JSON is shell form.
-        ("RUN ['x']\n", None, [SH, "-c", "['x']"]),
+        ("RUN ['x']\n", None, None),
     ],
 )
-def test_run_rules(body: str, copy_argv: list[str] | None, mount_argv: list[str]) -> None:
+def test_run_rules(body: str, copy_argv: list[str] | None,
+                   mount_argv: list[str] | None) -> None:
     original = runs_of(FOREIGN + body)[0]
     (copy_run,) = wrapped(body)
     if copy_argv is None:
@@ -262,8 +274,11 @@ def test_run_rules(body: str, copy_argv: list[str] | None, mount_argv: list[str]
     else:
         assert list(copy_run.json or ()) == copy_argv
     (mount_run,) = wrapped(body, "mount")
-    assert list(mount_run.json or ()) == mount_argv
-    assert mount_run.flags[0] == MOUNT
+    if mount_argv is None:
+        assert (mount_run.json, mount_run.args) == (None, original.args)
+    else:
+        assert list(mount_run.json or ()) == mount_argv
+    assert mount_run.flags == (MOUNT,)
 
 
 def test_run_flags_are_kept() -> None:
@@ -333,12 +348,18 @@ def test_mount_flag_goes_right_after_the_keyword(run: str, expected: str) -> Non
     assert r.flags == (MOUNT, *o.flags) and r.args == o.args
 
 
-def test_mount_mode_shell_routing_warns_about_oci_format() -> None:
-    result = patch(FOREIGN + f"{USER_SHELL}\nRUN a\nRUN b\n", opts("mount"))
-    (w,) = [f for f in result.findings if f.code == "XS014"]
-    assert w.line == 2 and w.level == "warning" and "--format docker" in w.message
-    assert not [f for f in patch(FOREIGN + f"{USER_SHELL}\nRUN a\n", opts()).findings
-                if f.code == "XS014"]
+def test_mount_mode_swaps_bin_sh_around_the_stage() -> None:
+    # The same swap as copy mode, made from the mounted bundle: the image's shell is kept beside
+    # it (xshim-install --mounted) and put back at the end; the config's SHELL is never touched.
+    text = FOREIGN + "RUN a\nUSER app\nRUN b\n"
+    runs = runs_of(rewrite(text, "mount"))
+    assert [(r.flags, r.json or r.args) for r in runs] == [
+        ((MOUNT,), (f"{P}/bin/xshim-install", "--mounted")), ((MOUNT,), "a"), ((MOUNT,), "b"),
+        ((MOUNT,), (f"{P}/bin/xshim-restore",))]
+    assert shells_of(rewrite(text, "mount")) == []
+    assert rewrite(text, "mount").endswith(
+        f'RUN {MOUNT} b\nUSER 0\nRUN {MOUNT} ["{P}/bin/xshim-restore"]\nUSER app\n')
+    assert not [f for f in patch(text, opts("mount")).findings if f.code == "XS014"]
 
 
 def test_mount_from_a_named_context() -> None:
@@ -348,9 +369,9 @@ def test_mount_from_a_named_context() -> None:
     assert f"RUN {flag} a\n" in out and f"RUN {flag} c\n" in out
     assert f'RUN {flag} ["{EXEC}", "b"]\n' in out
     assert ".xshim /" not in out and "source=" not in out
-    # Under the base image's SHELL the exec form mounts the context the same way.
-    (r,) = runs_of(patch(FOREIGN + "RUN a\n", o).text)
-    assert r.flags == (flag,) and r.json == (SH, "-c", "a")
+    # Under the base image's SHELL the RUN, and the install and restore steps, mount it too.
+    runs = runs_of(patch(FOREIGN + "RUN a\n", o).text)
+    assert [r.flags for r in runs] == [(flag,)] * 3 and (runs[1].json, runs[1].args) == (None, "a")
 
 
 @pytest.mark.parametrize("bad", [
@@ -368,11 +389,9 @@ def test_mount_from_bad_values(bad: Options) -> None:
 def test_explicit_default_shell(mode: str) -> None:
     body = 'SHELL ["/bin/sh", "-c"]\nRUN a\n'
     out = rewrite(FOREIGN + body, mode)
-    if mode == "copy":  # /bin/sh is the shim: nothing to route
-        assert shells_of(out) == [["/bin/sh", "-c"]] and "\nRUN a\n" in out
-    else:  # known, so it routes and is set back
-        assert shells_of(out) == [[EXEC, "/bin/sh", "-c"], ["/bin/sh", "-c"]]
-        assert f"\nRUN {MOUNT} a\n" in out
+    # /bin/sh is the shim in both modes: nothing to route.
+    assert shells_of(out) == [["/bin/sh", "-c"]]
+    assert ("\nRUN a\n" if mode == "copy" else f"\nRUN {MOUNT} a\n") in out
 
 
 def test_shell_inherited_from_parent_stage() -> None:
@@ -428,8 +447,9 @@ def test_shell_routing_keeps_crlf_casing_and_missing_final_newline() -> None:
     text = 'from --platform=linux/arm64 debian\r\nshell ["/bin/bash", "-c"]\r\nrun a'
     out = rewrite(text, "mount")
     assert out == ('from --platform=linux/arm64 debian\r\narg XSHIM_TRACE\r\n'
+                   f'run {MOUNT} ["{P}/bin/xshim-install", "--mounted"]\r\n'
                    f'shell ["{EXEC}", "/bin/bash", "-c"]\r\nrun {MOUNT} a\r\n'
-                   'shell ["/bin/bash", "-c"]')
+                   f'run {MOUNT} ["{P}/bin/xshim-restore"]\r\nshell ["/bin/bash", "-c"]')
 
 
 def test_shell_with_comment_lines_inside_keeps_them() -> None:
@@ -439,26 +459,25 @@ def test_shell_with_comment_lines_inside_keeps_them() -> None:
                                                        ["/bin/bash", "-c"]]
 
 
-# --- heredocs: the argv BuildKit's dispatchRun would build -------------------------------------
+# --- heredocs: left to the builder, which runs them with /bin/sh (the shim) or the SHELL ------
 
 
-def test_heredoc_default_shell() -> None:
-    body = "RUN <<EOF\necho one\necho two\nEOF\n"
-    (c,) = wrapped(body)
-    assert c.heredocs and c.heredocs[0].content == "echo one\necho two\n"  # unchanged in copy
-    (m,) = wrapped(body, "mount")
-    assert m.json == (SH, "-c", "echo one\necho two\n")
-
-
-def test_heredoc_chomp() -> None:
-    (m,) = wrapped("RUN <<-EOF\n\techo one\n\t\techo two\n\tEOF\n", "mount")
-    assert m.json == (SH, "-c", "echo one\necho two\n")
-
-
-def test_heredoc_complex_command_is_reconstituted() -> None:
-    body = "RUN python3 <<A 3<<B > /out\nprint(1)\nA\nthree\nB\n"
-    (m,) = wrapped(body, "mount")
-    assert m.json == (SH, "-c", "python3 <<A 3<<B > /out\nprint(1)\nA\nthree\nB")
+@pytest.mark.parametrize("heredoc", [
+    "RUN <<EOF\necho one\necho two\nEOF\n",
+    "RUN <<-EOF\n\techo one\n\t\techo two\n\tEOF\n",
+    "RUN python3 <<A 3<<B > /out\nprint(1)\nA\nthree\nB\n",
+    "RUN <<-EOF\n\t#!/usr/bin/python3\n\tprint(1)\nEOF\n",  # BuildKit runs /dev/pipes/EOF
+])
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_heredocs_under_the_default_shell_are_left_to_the_builder(heredoc: str, eol: str) -> None:
+    heredoc = heredoc.replace("\n", eol)
+    text = FOREIGN.replace("\n", eol) + heredoc
+    assert eol + heredoc in rewrite(text)
+    first, *rest = heredoc.splitlines(keepends=True)
+    out = rewrite(text, "mount")
+    assert eol + first.replace("RUN ", f"RUN {MOUNT} ", 1) + "".join(rest) in out
+    assert "/dev/pipes" not in out and shells_of(out) == []
+    assert out.count("\r\n") == (out.count("\n") if eol == "\r\n" else 0)
 
 
 @pytest.mark.parametrize("heredoc", [
@@ -477,27 +496,6 @@ def test_heredocs_under_a_routed_shell_are_left_to_the_builder(heredoc: str) -> 
     out = rewrite(FOREIGN + body, "mount")
     assert "\n" + first.replace("RUN ", f"RUN {MOUNT} ", 1) + "".join(rest) in out
     assert "/dev/pipes" not in out
-
-
-def test_heredoc_shebang_is_written_to_a_file_and_run() -> None:
-    body = "RUN <<-EOF\n\t#!/usr/bin/python3\n\tprint(1)\nEOF\n"
-    (c,) = wrapped(body)
-    assert c.heredocs  # copy mode, default shell: BuildKit runs it with /bin/sh, the shim
-    (m,) = wrapped(body, "mount")
-    assert m.flags == (MOUNT, "--mount=type=tmpfs,target=/dev/pipes")
-    assert m.json is not None and m.json[:2] == (SH, "-c")
-    script, arg0, data, path, *rest = m.json[2:]
-    assert arg0 == "sh" and data == "#!/usr/bin/python3\nprint(1)\n"
-    assert path == "/dev/pipes/EOF" and rest == ["/bin/sh", "-c", "/dev/pipes/EOF"]
-    assert '"$1" >"$2"' in script and 'exec "$@"' in script
-
-
-def test_heredoc_crlf_body_is_kept_exactly() -> None:
-    text = FOREIGN.replace("\n", "\r\n") + "RUN <<EOF\r\necho a\r\nEOF\r\n"
-    out = rewrite(text, "mount")
-    (m,) = runs_of(out)
-    assert m.json == (SH, "-c", "echo a\r\n")
-    assert out.count("\r\n") == out.count("\n")
 
 
 # --- USER, ONBUILD, casing, line endings, idempotency -----------------------------------------
@@ -530,7 +528,7 @@ def test_missing_final_newline_stays_missing() -> None:
     out = rewrite(FOREIGN + "RUN x")
     assert out.endswith('RUN x\nRUN ["/.xshim/bin/xshim-restore", "--remove-bundle"]')
     out = rewrite(FOREIGN + "RUN x", "mount")
-    assert out.endswith('"-c", "x"]') and "RUN x" not in out
+    assert out.endswith(f'RUN {MOUNT} x\nRUN {MOUNT} ["{P}/bin/xshim-restore"]')
 
 
 def test_trace_arg_not_duplicated() -> None:
@@ -554,9 +552,11 @@ def test_mixing_modes_is_refused() -> None:
 def test_bundle_and_prefix_options() -> None:
     out = patch(FOREIGN + "RUN x\n", Options(mode=Mode.MOUNT, bundle="build/xs", prefix="/opt/xs",
                                              host=HOST)).text
-    (r,) = runs_of(out)
-    assert r.flags == ("--mount=type=bind,source=build/xs,target=/opt/xs",)
-    assert r.json == ("/opt/xs/bin/sh", "-c", "x")
+    install, run, restore = runs_of(out)
+    flags = ("--mount=type=bind,source=build/xs,target=/opt/xs",)
+    assert (run.flags, run.json, run.args) == (flags, None, "x")
+    assert (install.flags, install.json) == (flags, ("/opt/xs/bin/xshim-install", "--mounted"))
+    assert (restore.flags, restore.json) == (flags, ("/opt/xs/bin/xshim-restore",))
 
 
 # --- preservation: every original instruction is still there, in order -------------------------
@@ -577,8 +577,10 @@ def _is_inserted(ins: Instruction, users: set[str], shells: set[tuple[str, ...]]
     if ins.cmd == "user":
         return ins.args == "0" or ins.args in users
     if ins.cmd == "run":
-        return ins.json in ((f"{P}/bin/xshim-install",),
-                            (f"{P}/bin/xshim-restore", "--remove-bundle"))
+        return ((ins.flags == () and ins.json in ((f"{P}/bin/xshim-install",),
+                                                   (f"{P}/bin/xshim-restore", "--remove-bundle")))
+                or (ins.flags == (MOUNT,) and ins.json in ((f"{P}/bin/xshim-install", "--mounted"),
+                                                          (f"{P}/bin/xshim-restore",))))
     return False
 
 
@@ -587,7 +589,7 @@ def _wraps(orig: Instruction, new: Instruction, mode: str) -> bool:
     if new.cmd == orig.cmd == "shell":
         return orig.json is not None and new.json == (EXEC, *orig.json)
     if (mode == "mount" and new.cmd == orig.cmd == "run" and new.json is None
-            and orig.json is None):  # under a routed SHELL: the first line gains the mount
+            and orig.json is None):  # a shell-form RUN: its first line gains the mount
         return (new.flags == (MOUNT, *orig.flags) and new.args == orig.args
                 and new.heredocs == orig.heredocs and new.end - new.start == orig.end - orig.start)
     if new.cmd != "run" or orig.cmd != "run" or new.json is None:
@@ -597,20 +599,8 @@ def _wraps(orig: Instruction, new: Instruction, mode: str) -> bool:
         if not flags or flags[0] != MOUNT:
             return False
         flags = flags[1:]
-    if flags and flags[0] == "--mount=type=tmpfs,target=/dev/pipes" and orig.heredocs:
-        flags = flags[1:]
-    if tuple(flags) != orig.flags:
-        return False
-    argv = new.json
-    if orig.json is not None:
-        return argv == (EXEC, *orig.json)
-    if argv[0] not in (EXEC, SH):
-        return False
-    if orig.heredocs:
-        return all(h.content.replace("\t", "") in argv[-1].replace("\t", "")
-                   or h.content.replace("\t", "") in "".join(argv).replace("\t", "")
-                   for h in orig.heredocs)
-    return argv[-1] == orig.args
+    # Only an exec-form RUN becomes another exec form: through xshim-exec, same flags.
+    return tuple(flags) == orig.flags and orig.json is not None and new.json == (EXEC, *orig.json)
 
 
 def assert_preserved(original: str, patched: str, mode: str) -> None:

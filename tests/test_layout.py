@@ -205,6 +205,78 @@ def test_restore_refuses_a_guest_dir_with_strangers(image: Path) -> None:
     assert os.readlink(image / "bin" / "sh") == "/.xshim/bin/sh"
 
 
+# --- mount mode: the bundle is read-only and there only during each RUN ------------------------
+
+
+def test_layout_outside_paths() -> None:
+    assert (Layout().outside_dir, Layout().outside_sh, Layout().outside_symlink) == (
+        "/.xshim-guest", "/.xshim-guest/sh", "/.xshim-guest/sh.symlink")
+    assert Layout("/opt/xs").inside("/tmp/r").outside_dir == "/tmp/r/opt/xs-guest"
+
+
+def test_mounted_install_keeps_a_regular_shell_beside_the_bundle(image: Path) -> None:
+    sh = image / "bin" / "sh"
+    before = sh.stat()
+    listing = sorted(p.name for p in (image / ".xshim").rglob("*"))
+    entry.install(Layout(), root=str(image), mounted=True)
+    assert os.readlink(sh) == "/.xshim/bin/sh"
+    kept = image / ".xshim-guest" / "sh"
+    assert kept.stat().st_ino == before.st_ino
+    assert sorted(p.name for p in (image / ".xshim").rglob("*")) == listing  # bundle untouched
+    assert entry.guest_shell(Layout(), root=str(image)) == "/.xshim-guest/sh"
+    entry.install(Layout(), root=str(image), mounted=True)  # a second install changes nothing
+    entry.restore(Layout(), root=str(image))
+    after = sh.stat()
+    assert not sh.is_symlink() and (after.st_ino, after.st_mode, after.st_mtime_ns) == (
+        before.st_ino, before.st_mode, before.st_mtime_ns)
+    assert not (image / ".xshim-guest").exists() and (image / ".xshim").is_dir()
+    assert entry.guest_shell(Layout(), root=str(image)) == "/bin/sh"
+
+
+def test_mounted_install_keeps_a_symlinked_shell_beside_the_bundle(image: Path) -> None:
+    sh = image / "bin" / "sh"
+    sh.unlink()
+    os.symlink("dash", sh)
+    entry.install(Layout(), root=str(image), mounted=True)
+    assert (image / ".xshim-guest" / "sh.symlink").read_text() == "dash"
+    assert not (image / ".xshim" / "guest").exists()
+    assert entry.guest_shell(Layout(), root=str(image)) == "/bin/dash"
+    entry.restore(Layout(), root=str(image))
+    assert os.readlink(sh) == "dash" and not (image / ".xshim-guest").exists()
+
+
+def test_mounted_install_resumes_after_an_interrupted_first_step(image: Path) -> None:
+    (image / ".xshim-guest").mkdir()
+    os.link(image / "bin" / "sh", image / ".xshim-guest" / "sh")
+    entry.install(Layout(), root=str(image), mounted=True)
+    assert os.readlink(image / "bin" / "sh") == "/.xshim/bin/sh"
+
+
+def test_mounted_install_refuses_what_the_image_has_beside_the_bundle(image: Path) -> None:
+    (image / ".xshim-guest").mkdir()
+    (image / ".xshim-guest" / "sh.symlink").write_text("/bin/evil")
+    with pytest.raises(entry.InstallError, match="already in the image"):
+        entry.install(Layout(), root=str(image), mounted=True)
+    assert (image / "bin" / "sh").read_bytes() == b"the image's own shell"
+
+
+def test_mounted_install_refuses_a_bundle_that_brings_a_guest_shell(image: Path) -> None:
+    # The shim looks in the bundle's guest/ first: it must be empty in mount mode too.
+    (image / ".xshim" / "guest").mkdir()
+    (image / ".xshim" / "guest" / "sh").write_text("/bin/evil")
+    with pytest.raises(entry.InstallError, match="not in the bundle's manifest"):
+        entry.install(Layout(), root=str(image), mounted=True)
+    assert not (image / "bin" / "sh").is_symlink()
+
+
+def test_restore_refuses_strangers_beside_the_bundle(image: Path) -> None:
+    entry.install(Layout(), root=str(image), mounted=True)
+    (image / ".xshim-guest" / "other").write_text("x")
+    with pytest.raises(entry.InstallError, match="already in the image"):
+        entry.restore(Layout(), root=str(image))
+    assert os.readlink(image / "bin" / "sh") == "/.xshim/bin/sh"
+
+
 def test_install_without_a_shell_says_so(image: Path) -> None:
     (image / "bin" / "sh").unlink()
     with pytest.raises(entry.InstallError, match="nothing to wrap"):

@@ -47,7 +47,8 @@ def test_output_file_is_written(workdir: Path) -> None:
     (workdir / "Dockerfile").write_text(ARM)
     assert main(["patch", "Dockerfile", "-o", "Dockerfile.xshim", "--mode", "mount"]) == 0
     text = (workdir / "Dockerfile.xshim").read_text()
-    assert '["/.xshim/bin/sh", "-c", "apt-get update"]' in text
+    assert "RUN --mount=type=bind,source=.xshim,target=/.xshim apt-get update\n" in text
+    assert '["/.xshim/bin/xshim-install", "--mounted"]' in text
     assert not [p for p in os.listdir(workdir) if p.endswith(".tmp")]
 
 
@@ -170,8 +171,9 @@ def test_bundle_relative_to_context_and_prefix_from_manifest(
     assert main(["patch", "ctx/Dockerfile", "--bundle", "ctx/build/xs", "--context", "ctx",
                  "--mode", "mount"]) == 0
     out = capsys.readouterr().out
+    assert "RUN --mount=type=bind,source=build/xs,target=/opt/xs apt-get update\n" in out
     assert ('RUN --mount=type=bind,source=build/xs,target=/opt/xs '
-            '["/opt/xs/bin/sh", "-c", "apt-get update"]') in out
+            '["/opt/xs/bin/xshim-install", "--mounted"]') in out
 
 
 def test_platform_list(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -200,8 +202,8 @@ def test_mount_from_needs_no_bundle_in_the_context(
     assert main(["patch", "ctx/Dockerfile", "--bundle", "elsewhere", "--context", "ctx",
                  "--mode", "mount", "--mount-from", "xshim"]) == 0
     out = capsys.readouterr().out
-    assert ('RUN --mount=type=bind,from=xshim,target=/opt/xs '
-            '["/opt/xs/bin/sh", "-c", "apt-get update"]') in out
+    assert "RUN --mount=type=bind,from=xshim,target=/opt/xs apt-get update\n" in out
+    assert 'RUN --mount=type=bind,from=xshim,target=/opt/xs ["/opt/xs/bin/xshim-restore"]' in out
 
 
 def test_bundle_without_the_stages_emulator_is_reported(
