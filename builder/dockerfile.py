@@ -7,7 +7,8 @@ a RUN is routed through the shim bundle (see the bundle contract), changing as l
   is copied in and ``xshim-install`` swaps ``/bin/sh`` for the shim, so shell-form RUN under the
   default shell stays as written. At the end of the stage ``xshim-restore --remove-bundle``
   puts ``/bin/sh`` back and deletes the bundle (as ``USER 0``, with the stage's USER set back
-  after; by number, as the legacy builder cannot find ``root`` in an image without passwd).
+  after; as ``0:0``, by number, as the legacy builder cannot find ``root`` in an image without
+  passwd and BuildKit cannot find the group of a bare ``0`` there).
 * ``mount`` mode (BuildKit, buildah, podman): each RUN bind-mounts the bundle (from the build
   context, or from a named build context with ``mount_from``), so no bundle byte lands in a
   layer. The same swap is made by ``xshim-install --mounted`` in a RUN of its own right after
@@ -209,7 +210,7 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Edits,
     flags = [_mount_flag(options)] if mount else []
     if not installed:
         if not _is_root(parent_user):
-            head.append(f"{style.kw('USER')} 0")  # by number: no passwd needed
+            head.append(f"{style.kw('USER')} 0:0")  # by number: no passwd needed
         if not mount:
             head.append(f"{style.kw('COPY')} {options.bundle} {prefix}")
         head.append(_render(style.kw("RUN"), flags,
@@ -241,7 +242,7 @@ def _plan_stage(lexed: Lexed, stage: Stage, options: Options, plan: _Edits,
     tail: list[str] = []
     if not restored:
         if not _is_root(user):
-            tail.append(f"{style.kw('USER')} 0")
+            tail.append(f"{style.kw('USER')} 0:0")
         tail.append(_render(style.kw("RUN"), flags,
                             [bundle.restore, *([] if mount else ["--remove-bundle"])]))
         if not _is_root(user):

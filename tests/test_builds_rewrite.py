@@ -13,7 +13,9 @@ The patched images must have the reference's config, the patched build logs must
 RUN steps exactly as the unpatched build shows them, the foreign steps must have run as aarch64
 and the native ones as x86_64, and no bundle may be left behind.
 
-The builders are the private dockerd and buildah of tests/support/builders.py.
+The builders are the session's (tests/support/buildfix.py): the legacy builder in copy mode,
+buildah in both modes, and BuildKit in mount mode, from the build context and from a named build
+context (``--build-context xshim=DIR``, ``xshim patch --mount-from xshim``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import builders
+from support import builders, imagecheck
+from support.buildfix import builder_of, load_into
 
 pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.slow, pytest.mark.integration]
 
@@ -63,7 +66,7 @@ RUN uname -m > /tmp/child-arch
 class Kind:
     """A builder and how the patched Dockerfile reaches the bundle."""
 
-    builder: str  # docker | buildah
+    builder: str  # docker | buildkit | buildah
     mode: str  # copy | mount
     named_context: bool = False  # mount mode: the bundle as --build-context NAME=DIR
 
@@ -74,6 +77,8 @@ class Kind:
 
 KINDS = [
     Kind("docker", "copy"),
+    Kind("buildkit", "mount"),
+    Kind("buildkit", "mount", named_context=True),
     Kind("buildah", "copy"),
     Kind("buildah", "mount"),
     Kind("buildah", "mount", named_context=True),
@@ -117,12 +122,9 @@ def bases(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
     def get(name: str) -> Any:
         if name not in done:
-            b = request.getfixturevalue("dockerd" if name == "docker" else "buildah")
+            b = builder_of(request, name)
             for archive, tag in ((foreign_archive, FOREIGN_BASE), (native_archive, NATIVE_BASE)):
-                if name == "docker":
-                    b.load(archive)
-                else:
-                    b.load(archive, tag)
+                load_into(b, archive, tag)
             done[name] = b
         return done[name]
 
@@ -145,19 +147,26 @@ def _build(b: Any, kind: Kind, ctx: Path, dockerfile: Path, tag: str, platform: 
     args = {"BASE": base, "XSHIM_TRACE": "1"}
     if kind.builder == "docker":
         return b.build(ctx, dockerfile, tag, build_args=args)  # type: ignore[no-any-return]
-    if not kind.named_context or bundle is None:
-        return b.build(ctx, dockerfile, tag, platform=platform,  # type: ignore[no-any-return]
-                       build_args=args)
-    # Builders.build with the named context added (buildah 1.28 and podman 4.3 have the option).
-    argv = ["bud", "--isolation", "chroot", "--format", "docker", "--no-cache", "--force-rm",
-            "--pull-never", "-f", str(dockerfile), "-t", tag, "--platform", platform,
-            "--build-context", f"{CONTEXT_NAME}={bundle}"]  # fmt: skip
-    for k, v in args.items():
-        argv += ["--build-arg", f"{k}={v}"]
-    return b.buildah(*argv, str(ctx))  # type: ignore[no-any-return]
+    # BuildKit, buildah 1.28 and podman 4.3 all take a named build context.
+    extra = (["--build-context", f"{CONTEXT_NAME}={bundle}"]
+             if kind.named_context and bundle is not None else [])
+    return b.build(ctx, dockerfile, tag, platform=platform,  # type: ignore[no-any-return]
+                   build_args=args, extra=extra)
 
 
+# The legacy builder's "Step 2/9 : RUN ...", buildah's "STEP 2/9: RUN ...", BuildKit's
+# "#7 [parent 2/9] RUN ..." (printed again when its output resumes: once per vertex number).
 _STEP = re.compile(r"^(?:\[\d+/\d+\] )?(?:Step \d+/\d+ :|STEP \d+/\d+:) (.*)$", re.MULTILINE)
+_BUILDKIT_STEP = re.compile(r"^#(\d+) \[[^\]]*\b\d+/\d+\] (.*)$", re.MULTILINE)
+
+
+def _steps(log: str, kind: Kind) -> list[str]:
+    if kind.builder != "buildkit":
+        return _STEP.findall(log)  # type: ignore[no-any-return]
+    seen: dict[str, str] = {}
+    for number, step in _BUILDKIT_STEP.findall(log):
+        seen.setdefault(number, step)
+    return [seen[n] for n in sorted(seen, key=int)]
 
 
 def user_steps(log: str, kind: Kind) -> list[str]:
@@ -165,7 +174,7 @@ def user_steps(log: str, kind: Kind) -> list[str]:
     and without what it changed on purpose: the mount on a RUN's first line, xshim-exec in front
     of an exec-form RUN, the SHELL and USER lines, and FROM (the base image differs)."""
     out = []
-    for step in _STEP.findall(log):
+    for step in _steps(log, kind):
         word = step.split(" ", 1)[0].upper()
         if word in ("FROM", "SHELL", "USER"):
             continue
@@ -255,12 +264,19 @@ def test_shell_routed_build(built: Any, kind: Kind) -> None:
     trace = r"xshim\[\d+\] \S*bash -o pipefail -c uname -m > /tmp/child-arch  → \S*qemu-aarch64"
     assert re.search(trace, bs.foreign.output), "no trace of the child's RUN"
     # ...and the native leg ran without the supervisor: nothing from xshim in its log.
-    assert "xshim:" not in bs.native.output and "no emulator" not in bs.native.output
+    # (BuildKit prefixes a step's lines with "#N seconds", and names a context "xshim" itself.)
+    assert not re.search(r"(?m)^(?:#\d+ [\d.]+ )?xshim(?:\[\d+\]|:)", bs.native.output)
+    assert "no emulator" not in bs.native.output
     for leg, machine in (("foreign", "aarch64"), ("native", "x86_64")):
         with bs.builder.rootfs(bs.tags[leg]) as root:
             for path in ("/parent-arch", "/exec-arch", "/tmp/child-arch"):
                 assert _read(root, path) == machine, (leg, path)
             assert _read(root, "/parent-bash").startswith("bash ")
             assert not (root / PREFIX.lstrip("/")).exists()
+            assert not os.path.lexists(root / f"{PREFIX.lstrip('/')}-guest")
             assert os.readlink(root / "bin" / "sh") == ("dash" if leg == "foreign" else "busybox")
+    # The foreign image's /bin/sh chain is the base image's, byte for byte.
+    with bs.builder.rootfs(bs.tags["foreign"]) as root:
+        assert imagecheck.chain(root, "/bin/sh") == imagecheck.chain(builders.finished_tree(),
+                                                                      "/bin/sh")
 

@@ -56,20 +56,20 @@ SHELL ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c"]
 RUN echo hi | cat
 RUN ["/.xshim/bin/xshim-exec", "dpkg", "--print-architecture"]
 USER nobody
-USER 0
+USER 0:0
 RUN ["/.xshim/bin/xshim-restore", "--remove-bundle"]
 USER nobody
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 FROM build
 ARG XSHIM_TRACE
-USER 0
+USER 0:0
 COPY .xshim /.xshim
 RUN ["/.xshim/bin/xshim-install"]
 USER nobody
 SHELL ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c"]
 RUN id -u
-USER 0
+USER 0:0
 RUN ["/.xshim/bin/xshim-restore", "--remove-bundle"]
 USER nobody
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -84,19 +84,19 @@ RUN --mount=type=bind,source=.xshim,target=/.xshim echo hi | cat
 RUN --mount=type=bind,source=.xshim,target=/.xshim \
 ["/.xshim/bin/xshim-exec", "dpkg", "--print-architecture"]
 USER nobody
-USER 0
+USER 0:0
 RUN --mount=type=bind,source=.xshim,target=/.xshim ["/.xshim/bin/xshim-restore"]
 USER nobody
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 FROM build
 ARG XSHIM_TRACE
-USER 0
+USER 0:0
 RUN --mount=type=bind,source=.xshim,target=/.xshim ["/.xshim/bin/xshim-install", "--mounted"]
 USER nobody
 SHELL ["/.xshim/bin/xshim-exec", "/bin/bash", "-o", "pipefail", "-c"]
 RUN --mount=type=bind,source=.xshim,target=/.xshim id -u
-USER 0
+USER 0:0
 RUN --mount=type=bind,source=.xshim,target=/.xshim ["/.xshim/bin/xshim-restore"]
 USER nobody
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -358,7 +358,7 @@ def test_mount_mode_swaps_bin_sh_around_the_stage() -> None:
         ((MOUNT,), (f"{P}/bin/xshim-restore",))]
     assert shells_of(rewrite(text, "mount")) == []
     assert rewrite(text, "mount").endswith(
-        f'RUN {MOUNT} b\nUSER 0\nRUN {MOUNT} ["{P}/bin/xshim-restore"]\nUSER app\n')
+        f'RUN {MOUNT} b\nUSER 0:0\nRUN {MOUNT} ["{P}/bin/xshim-restore"]\nUSER app\n')
     assert not [f for f in patch(text, opts("mount")).findings if f.code == "XS014"]
 
 
@@ -504,7 +504,7 @@ def test_heredocs_under_a_routed_shell_are_left_to_the_builder(heredoc: str) -> 
 def test_user_sandwich_only_for_non_root() -> None:
     for user, sandwich in [("root", False), ("0:0", False), ("app", True), ("1000", True)]:
         out = rewrite(FOREIGN + f"RUN x\nUSER {user}\n")
-        assert out.endswith(f"USER {user}\nUSER 0\nRUN [\"{P}/bin/xshim-restore\", "
+        assert out.endswith(f"USER {user}\nUSER 0:0\nRUN [\"{P}/bin/xshim-restore\", "
                             f"\"--remove-bundle\"]\nUSER {user}\n") == sandwich
 
 
@@ -520,7 +520,7 @@ def test_inserted_lines_follow_casing_and_crlf() -> None:
     out = rewrite(text)
     assert out == (
         "from --platform=linux/arm64 debian\r\narg XSHIM_TRACE\r\ncopy .xshim /.xshim\r\n"
-        'run ["/.xshim/bin/xshim-install"]\r\nrun x\r\nuser app\r\nuser 0\r\n'
+        'run ["/.xshim/bin/xshim-install"]\r\nrun x\r\nuser app\r\nuser 0:0\r\n'
         'run ["/.xshim/bin/xshim-restore", "--remove-bundle"]\r\nuser app\r\n')
 
 
@@ -575,7 +575,7 @@ def _is_inserted(ins: Instruction, users: set[str], shells: set[tuple[str, ...]]
     if ins.cmd == "copy":
         return ins.args == f".xshim {P}"
     if ins.cmd == "user":
-        return ins.args == "0" or ins.args in users
+        return ins.args == "0:0" or ins.args in users
     if ins.cmd == "run":
         return ((ins.flags == () and ins.json in ((f"{P}/bin/xshim-install",),
                                                    (f"{P}/bin/xshim-restore", "--remove-bundle")))
