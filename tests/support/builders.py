@@ -300,6 +300,22 @@ def inside(root: Path, path: str) -> Path:
     return cur
 
 
+def layers(archive: Path) -> list[tuple[int, list[tuple[str, int]]]]:
+    """Per layer of a docker-archive image (``docker save``), bottom first: the layer's size as
+    stored (its uncompressed tar) and its members' (name, size), names without a leading ./."""
+    out: list[tuple[int, list[tuple[str, int]]]] = []
+    with tarfile.open(archive) as outer:
+        manifest = json.load(outer.extractfile("manifest.json"))  # type: ignore[arg-type]
+        for name in manifest[0]["Layers"]:
+            size = outer.getmember(name).size
+            blob = outer.extractfile(name)
+            assert blob is not None, f"{archive}: no layer {name}"
+            with tarfile.open(fileobj=blob, mode="r|*") as layer:
+                members = [(m.name.removeprefix("./").rstrip("/"), m.size) for m in layer]
+            out.append((size, members))
+    return out
+
+
 def bundle_bytes(archive: Path, prefix: str = ".xshim/") -> list[int]:
     """Per layer of a docker-archive image (``docker save``), bottom first: the bytes of the
     regular files under ``prefix`` that the layer carries, even when a later layer removes them."""
