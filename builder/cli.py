@@ -158,7 +158,8 @@ Stages whose platform is foreign to this host (FROM --platform=linux/arm64, an a
 or --platform for stages without their own) get their RUN steps routed through the shim bundle
 made by 'xshim bundle'. copy mode (default, works with every builder) copies the bundle in
 after FROM and removes it, restoring /bin/sh, at the end of the stage; mount mode (BuildKit,
-buildah, podman) bind-mounts it into each RUN. Every other byte is left as it was, and patching
+buildah, podman) bind-mounts it into each RUN, and swaps and restores /bin/sh the same way from
+the mounted bundle. Every other byte is left as it was, and patching
 a patched file changes nothing. The patched file goes to stdout unless -o is given; add
 --build-arg XSHIM_TRACE=1 to the build to see every exec translation, or XSHIM_TRACE=log to
 make the saved build log a trace for 'xshim trace'.
