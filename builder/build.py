@@ -7,11 +7,14 @@ for that platform, with the bundle in a generated build context), and writes the
 command line. builder/build_run.py carries the plan out; builder/oci_index.py assembles the
 per-platform images into one index.
 
-The user's files are never changed: the patched Dockerfiles, the bundle and a generated build
-context (the user's context plus the bundle, with the ``.dockerignore`` extended so that it lets
-the bundle through) live in a private temporary directory. Each builder reads a Dockerfile
-outside its context (``-f``), so this works the same with the legacy Docker builder, which has
-no named contexts.
+The user's files are never changed: the patched Dockerfiles and the bundle live in a private
+temporary directory. How the bundle reaches the build depends on the builder. BuildKit (``docker
+buildx build``) in mount mode takes it as a named build context (``--build-context``), bind-mounted
+by each foreign RUN, and reads the user's context as it is: the user's ``.dockerignore`` never
+sees the bundle. Every other case (the legacy Docker builder, which has no named contexts;
+buildah and podman; copy mode, whose COPY of the bundle reads the main context) uses a generated
+build context, the user's context plus the bundle with the ``.dockerignore`` extended so that it
+lets the bundle through. Each builder reads a Dockerfile outside its context (``-f``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ MODES = ("auto", "copy", "mount")
 # Where the bundle sits in the generated context; another name is chosen when the user's context
 # already has one of that name.
 BUNDLE_DIR = ".xshim"
+# The named build context that carries the bundle to BuildKit (mount mode). A fixed name, so that
+# the patched RUN lines, and with them BuildKit's cache keys, are the same from build to build.
+BUNDLE_CONTEXT = "xshim-bundle"
 # A traced step's shim writes marked JSON records into the step's own output (the build log).
 TRACE_TO = "log"
 
@@ -234,9 +240,12 @@ class Layout:
     dockerfile: dict[str, str]  # the Dockerfile the builder reads
     iidfile: dict[str, str]  # where the builder writes the image id
     image_name: dict[str, str]  # a private name for the per-platform image
+    bundle_context: str | None = None  # BuildKit: the bundle's directory, a named build context
 
 
 def resolve_mode(mode: str, builder: str) -> Mode:
+    """auto: mount mode (no bundle byte in any layer) wherever RUN --mount exists, i.e. on
+    BuildKit, buildah and podman; copy mode on the legacy Docker builder."""
     if mode == "copy" or (mode == "auto" and builder == "docker"):
         return Mode.COPY
     if mode == "mount" and builder == "docker":
@@ -245,10 +254,16 @@ def resolve_mode(mode: str, builder: str) -> Mode:
     return Mode.MOUNT
 
 
+def named_bundle_context(builder: str, mode: Mode) -> str | None:
+    """The name of the build context that carries the bundle, where the builder takes one."""
+    return BUNDLE_CONTEXT if builder == "buildx" and mode is Mode.MOUNT else None
+
+
 def plan_platform(text: str, platform: Platform, mode: Mode, bundle: str, host: archmod.Arch,
-                  filename: str) -> PlatformPlan:
+                  filename: str, mount_from: str | None = None) -> PlatformPlan:
     """Native (the text unchanged) or through the shim (patched for this target platform)."""
-    result = patch(text, Options(platform=platform.name, mode=mode, bundle=bundle, host=host),
+    result = patch(text, Options(platform=platform.name, mode=mode, bundle=bundle, host=host,
+                                 mount_from=mount_from),
                    filename=filename)
     emulated: list[archmod.Arch] = []
     for stage in result.stages_to_patch:
@@ -264,8 +279,11 @@ def builder_argv(builder: str, req: BuildRequest, p: PlatformPlan, layout: Layou
                  program: str) -> tuple[list[str], dict[str, str]]:
     """One platform's build: (argv, extra environment)."""
     name = p.platform.name
-    # buildah, podman and BuildKit set TARGET* themselves (and warn about unused build args).
-    args = {**(p.platform.build_args() if builder == "docker" else {}), **req.build_args}
+    # buildah and podman set TARGET* themselves (and warn about unused build args); the legacy
+    # builder does not, and dockerd 26's BuildKit leaves them empty in a global-scope ARG without
+    # a default (ARG TARGETARCH / FROM base:${TARGETARCH}): both are given them.
+    given = builder in ("docker", "buildx")
+    args = {**(p.platform.build_args() if given else {}), **req.build_args}
     if not p.native:
         # Declared by every patched stage; set (empty: no trace) so builders do not warn.
         # With --trace the shim writes JSON lines into the step's output, where build_run
@@ -291,9 +309,23 @@ def builder_argv(builder: str, req: BuildRequest, p: PlatformPlan, layout: Layou
             argv.append("--pull-never")
         for s in req.secrets:
             argv += ["--secret", f"id={s.id},src={s.src}"]
+    elif builder == "buildx":
+        # The docker driver (dockerd without the containerd image store) exports one platform
+        # at a time and only into the daemon (--load): -o type=oci and a multi-platform --push
+        # are refused there, so each platform is loaded and the index is assembled afterwards,
+        # as for the legacy builder. Plain progress: build_run reads the steps out of it.
+        argv = [program, "buildx", "build", "--progress", "plain", "--platform", name,
+                "-f", layout.dockerfile[name], "--iidfile", layout.iidfile[name],
+                "-t", layout.image_name[name], "--load"]
+        if req.pull is True:
+            argv.append("--pull")
+        for s in req.secrets:
+            argv += ["--secret", f"id={s.id},src={s.src}"]
+        if not p.native and layout.bundle_context:
+            argv += ["--build-context", f"{BUNDLE_CONTEXT}={layout.bundle_context}"]
     else:
-        raise InputError(f"--builder {builder}: not supported by xshim build yet",
-                         "use --builder docker, buildah or podman")
+        raise InputError(f"--builder {builder}: unknown builder",
+                         "use --builder auto, buildx, docker, buildah or podman")
     for key in sorted(args):
         argv += ["--build-arg", f"{key}={args[key]}"]
     if req.target:
@@ -307,8 +339,9 @@ def builder_argv(builder: str, req: BuildRequest, p: PlatformPlan, layout: Layou
 
 
 def plan_platforms(req: BuildRequest, mode: Mode, text: str, host: archmod.Arch,
-                   bundle: str) -> list[PlatformPlan]:
-    return [plan_platform(text, p, mode, bundle, host, req.dockerfile) for p in req.platforms]
+                   bundle: str, mount_from: str | None = None) -> list[PlatformPlan]:
+    return [plan_platform(text, p, mode, bundle, host, req.dockerfile, mount_from)
+            for p in req.platforms]
 
 
 def with_commands(plans: Sequence[PlatformPlan], builder: str, req: BuildRequest,

@@ -1,9 +1,10 @@
 """``xshim build``: carry out the plan of builder/build.py.
 
-In a private temporary directory: the patched Dockerfiles, and (when a platform needs the shim) a
-generated build context, the user's context copied with hard links where the file system allows,
-plus the bundle, with a ``.dockerignore`` that lets the bundle through whatever the user's
-excludes. The user's context and Dockerfile are only read.
+In a private temporary directory: the patched Dockerfiles and the bundle. BuildKit in mount mode
+takes the bundle as a named build context and reads the user's context as it is; otherwise (when
+a platform needs the shim) a generated build context holds the user's context, copied with hard
+links where the file system allows, plus the bundle, with a ``.dockerignore`` that lets the
+bundle through whatever the user's excludes. The user's context and Dockerfile are only read.
 
 Each platform's build runs the builder once; the builds run side by side (as many as there are
 CPUs), their output prefixed with the platform as buildx's plain progress does. Then the images
@@ -42,6 +43,12 @@ log = logging.getLogger("xshim")
 
 # The builder's step headers and its report of a failed RUN, to name them in our error.
 _STEP = re.compile(r"^(?:\[\d+/\d+\] )?(?:Step \d+/\d+ : |STEP \d+/\d+: )(.*)$")
+# BuildKit's plain progress: "#8 [stage-1 2/4] RUN ..." opens step 8, "#8 1.234 text" is its
+# output (the steps of a build's stages interleave), " > [stage-1 2/4] RUN ...:" heads the
+# report of the step that failed.
+_BK_STEP = re.compile(r"^#(\d+) \[[^\]]*\d+/\d+\] (.*)$")
+_BK_LINE = re.compile(r"^#(\d+) ")
+_BK_FAILED = re.compile(r"^ > \[[^\]]*\d+/\d+\] (.*):$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STATUS = re.compile(r"(?:returned a non-zero code|exit status|exit code):?\s*(\d+)")
 
@@ -50,16 +57,39 @@ class BuildFailed(XshimError):
     """A platform's build failed; the message names the platform, the step and its status."""
 
 
+def _buildx_answers(docker: str) -> str | None:
+    """None when ``docker buildx`` reaches a BuildKit builder, else its own words why not."""
+    try:
+        r = subprocess.run([docker, "buildx", "inspect"], capture_output=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    if r.returncode == 0:
+        return None
+    return (r.stderr or r.stdout).decode(errors="replace").strip() or f"exit status {r.returncode}"
+
+
 def detect_builder(choice: str) -> tuple[str, str]:
-    """(builder, program). auto: buildah, then podman, then Docker's legacy builder."""
+    """(builder, program). auto: buildah, then podman, then Docker: BuildKit through
+    ``docker buildx`` where the plugin reaches a builder, else the legacy builder."""
+    if choice not in plan.BUILDERS:
+        raise InputError(f"--builder {choice}", "use auto, buildx, docker, buildah or podman")
     if choice == "buildx":
-        raise InputError("--builder buildx: not supported by xshim build yet",
-                         "use --builder docker, buildah or podman")
+        docker = tools.find("docker", "--builder buildx runs docker buildx build")
+        why = _buildx_answers(docker)
+        if why is not None:
+            raise MissingToolError("docker buildx", "docker-buildx",
+                                   "--builder buildx: docker buildx inspect failed: "
+                                   + why.splitlines()[-1])
+        return "buildx", "docker"
     if choice != "auto":
         return choice, choice
-    for name in ("buildah", "podman", "docker"):
+    for name in ("buildah", "podman"):
         if shutil.which(name):
             return name, name
+    found = shutil.which("docker")
+    if found:
+        return ("buildx", "docker") if _buildx_answers(found) is None else ("docker", "docker")
     raise MissingToolError("buildah", "buildah", "xshim build needs an image builder")
 
 
@@ -124,6 +154,8 @@ class Runner:
         out = Outcome(p.platform.name)
         if self.failed.is_set():
             return out
+        steps: dict[str, str] = {}  # BuildKit: step number -> the step
+        failed_step = False
         env = {**os.environ, **p.env}
         proc = subprocess.Popen(list(p.argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -132,13 +164,21 @@ class Runner:
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
+            vertex = _BK_LINE.match(line)
             record = _trace_record(line)
             if record is not None:
-                out.trace.append({"platform": out.platform, "step": out.step, **record})
+                step = steps.get(vertex.group(1), out.step) if vertex else out.step
+                out.trace.append({"platform": out.platform, "step": step, **record})
                 continue
-            m = _STEP.match(line)
+            m = _BK_FAILED.match(line)
             if m:
-                out.step = m.group(1).strip()
+                out.step, failed_step = m.group(1).strip(), True
+            elif not failed_step:
+                m = _STEP.match(line) or _BK_STEP.match(line)
+                if m:
+                    out.step = m.group(m.lastindex or 1).strip()
+                    if m.re is _BK_STEP:
+                        steps[m.group(1)] = out.step
             out.tail.append(line)
             if self.progress != "quiet":
                 with self.lock:
@@ -226,12 +266,17 @@ def _read_dockerfile(req: plan.BuildRequest) -> str:
         raise InputError(f"{req.dockerfile}: cannot read: {e.strerror}") from None
 
 
-def _entry_ref(builder: str, name: str, work: Path) -> str:
+def _in_docker(builder: str) -> bool:
+    return builder in ("docker", "buildx")
+
+
+def _entry_ref(builder: str, program: str, name: str, work: Path) -> str:
     """Where the manifest tool reads a built image: the builder's store, or for the Docker
     daemon (which buildah cannot be pointed at) an OCI layout copied out of it."""
-    if builder != "docker":
+    if not _in_docker(builder):
         return f"containers-storage:{name}"
-    return oci_index.from_docker_daemon(name, work / "images", name.rsplit(":", 1)[1])
+    return oci_index.from_docker_daemon(program, name,
+                                        work / "images" / f"{name.rsplit(':', 1)[1]}.tar")
 
 
 def run_build(req: plan.BuildRequest, stream: TextIO | None = None) -> BuildResult:
@@ -247,24 +292,27 @@ def run_build(req: plan.BuildRequest, stream: TextIO | None = None) -> BuildResu
     host = archmod.host_arch()
     mode = plan.resolve_mode(req.mode, builder)
     bundle = bundle_name(context)
-    plans = plan.plan_platforms(req, mode, text, host, bundle)
+    named = plan.named_bundle_context(builder, mode)
+    plans = plan.plan_platforms(req, mode, text, host, bundle, named)
     token = secrets.token_hex(6)
     work = Path(tempfile.mkdtemp(prefix="xshim-build-"))
     try:
-        return _build_in(req, builder, program, plans, work, bundle, token, stream)
+        return _build_in(req, builder, program, plans, work, bundle, named, token, stream)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _build_in(req: plan.BuildRequest, builder: str, program: str,
-              plans: list[plan.PlatformPlan], work: Path, bundle: str, token: str,
-              stream: TextIO) -> BuildResult:
+              plans: list[plan.PlatformPlan], work: Path, bundle: str, named: str | None,
+              token: str, stream: TextIO) -> BuildResult:
     from .bundle import build_bundle
 
     context = Path(req.context).resolve()
     foreign = [p for p in plans if not p.native]
-    gen = work / "context"
-    if foreign:
+    gen = context if named else work / "context"
+    if foreign and named:
+        build_bundle(work / "bundle", plan.emulated_arches(plans))
+    elif foreign:
         gen.mkdir()
         _copy_context(context, gen)
         ignore = _ignore_text(context, Path(req.dockerfile).resolve(), bundle)
@@ -282,10 +330,15 @@ def _build_in(req: plan.BuildRequest, builder: str, program: str,
                     for p in plans},
         iidfile={n: str(work / f"iid.{s}") for n, s in names.items()},
         image_name={n: f"localhost/xshim-build-{token}:{s}" for n, s in names.items()},
+        bundle_context=str(work / "bundle") if named else None,
     )
+    own_ignore = Path(f"{Path(req.dockerfile).resolve()}.dockerignore")
     for p in foreign:
-        Path(layout.dockerfile[p.platform.name]).write_text(
-            p.dockerfile_text, encoding="utf-8", errors="surrogateescape")
+        path = Path(layout.dockerfile[p.platform.name])
+        path.write_text(p.dockerfile_text, encoding="utf-8", errors="surrogateescape")
+        if named and own_ignore.is_file():
+            # BuildKit reads <Dockerfile>.dockerignore beside the Dockerfile it is given.
+            shutil.copyfile(own_ignore, f"{path}.dockerignore")
     plans = plan.with_commands(plans, builder, req, layout, program)
     for p in plans:
         log.info("%s: %s", p.platform.name,
@@ -342,11 +395,12 @@ def _deliver(req: plan.BuildRequest, builder: str, program: str,
             d = work / f"push-{p.platform.name.replace('/', '-')}"
             d.mkdir()
             digest = oci_index.push_by_digest(
-                _entry_ref(builder, layout.image_name[p.platform.name], work), repo, d)
+                _entry_ref(builder, program, layout.image_name[p.platform.name], work), repo, d)
             result.platform_digests[p.platform.name] = digest
             print(f"{p.platform.name}: pushed {repo}@{digest}", file=sys.stderr)
     elif out.kind in (plan.Output.REGISTRY, plan.Output.OCI):
-        entries = [oci_index.Entry(_entry_ref(builder, layout.image_name[p.platform.name], work),
+        entries = [oci_index.Entry(_entry_ref(builder, program,
+                                              layout.image_name[p.platform.name], work),
                                    p.platform.os, p.platform.architecture,
                                    p.platform.index_variant) for p in plans]
         if out.kind is plan.Output.OCI:
@@ -356,7 +410,7 @@ def _deliver(req: plan.BuildRequest, builder: str, program: str,
         else:
             dests = [f"docker://{t}" for t in tags]
         name = f"xshim-build-{secrets.token_hex(6)}"
-        if builder == "docker":
+        if _in_docker(builder):
             with oci_index.private_tool() as tool:
                 digest = oci_index.assemble(tool, entries, dests, name)
         else:

@@ -7,9 +7,9 @@ transfer is one of those programs. Registry access (credentials, plain-HTTP regi
 their own configuration: ``REGISTRY_AUTH_FILE``, ``registries.conf``
 (``CONTAINERS_REGISTRIES_CONF``).
 
-Images built by the legacy Docker builder are read straight from the daemon
-(``docker-daemon:`` transport); the manifest list that lists them then lives in a private,
-temporary buildah store, so nothing is written to the user's.
+Images built in a Docker daemon (the legacy builder, or BuildKit's docker driver) are saved out
+of it (``docker save``); the manifest list that lists them then lives in a private, temporary
+buildah store, so nothing is written to the user's.
 """
 
 from __future__ import annotations
@@ -180,17 +180,19 @@ def platform_digests(index: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def from_docker_daemon(image: str, layout: Path, name: str) -> str:
-    """Copy an image out of the Docker daemon (``$DOCKER_HOST``) into an OCI layout; its ref."""
-    host = os.environ.get("DOCKER_HOST")
-    argv = skopeo("copy", "--quiet", *(["--src-daemon-host", host] if host else []),
-                  f"docker-daemon:{image}", f"oci:{layout}:{name}")
-    proc = _run(argv)
+def from_docker_daemon(docker: str, image: str, archive: Path) -> str:
+    """Save an image out of the Docker daemon (``$DOCKER_HOST``) into a docker-archive; its ref.
+
+    ``docker save`` rather than skopeo's ``docker-daemon:`` transport: skopeo 1.9 speaks the
+    Engine API 1.22, which dockerd 25 and later refuse (their minimum is 1.24).
+    """
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    proc = tools.run([docker, "save", "-o", str(archive), image], check=False)
     if proc.returncode != 0:
         out = proc.stdout.decode(errors="replace") if proc.stdout else ""
         raise IndexError_(f"reading {image} out of the Docker daemon failed:\n  "
                           + "\n  ".join(out.strip().splitlines()[-5:]))
-    return f"oci:{layout}:{name}"
+    return f"docker-archive:{archive}"
 
 
 def push_by_digest(src: str, repository: str, workdir: Path) -> str:

@@ -2,9 +2,13 @@
 
 One multi-stage Dockerfile (Debian packages installed with dpkg, a C program compiled with tcc in
 a build stage, a non-root USER) over local amd64, arm64 and armhf Debian base images (made from
-debootstrap trees, never pulled), built by each builder tests/support/builders.py provides, and
-pushed to Debian's docker-registry on 127.0.0.1. The build context's .dockerignore lets through
-only the packages, so every build here is also the allowlist case.
+debootstrap trees, never pulled), built by each builder tests/support/builders.py provides
+(buildah, podman, Docker's legacy builder and BuildKit through ``docker buildx``), and pushed to
+Debian's docker-registry on 127.0.0.1. The build context's .dockerignore lets through only the
+packages, so every build here is also the allowlist case.
+
+Every builder runs the three-platform push; the cheaper cases (OCI archive, --load and run, a
+failing RUN) run on every builder too, on the layers that push left in its cache.
 """
 
 from __future__ import annotations
@@ -55,7 +59,10 @@ ENTRYPOINT ["/usr/bin/hello"]
 # Everything but the packages is excluded: the bundle must reach the build all the same.
 DOCKERIGNORE = "*\n!debs\n"
 
-BUILDERS = ["buildah", "docker"]
+BUILDERS = ["buildah", "podman", "docker", "buildkit"]
+# The name xshim build knows each test builder by.
+XSHIM_BUILDER = {"buildah": "buildah", "podman": "podman", "docker": "docker",
+                 "buildkit": "buildx"}
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -99,6 +106,12 @@ class Env:
     name: str
     env: dict[str, str]
     builder: Any
+    # Every build's extra options: the private daemons and podman have no bridge network, so RUN
+    # steps use the host's (none of them needs a network).
+    extra: tuple[str, ...] = ()
+
+    def build(self, *args: str) -> builders.Result:
+        return xshim(self, "build", "--builder", XSHIM_BUILDER[self.name], *self.extra, *args)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +134,25 @@ def env(request: pytest.FixtureRequest, bases: dict[str, Path],
             (bindir / "docker").symlink_to(builders.DOCKER)
             e = Env(name, {**d.env(**registry.env()),
                            "PATH": f"{bindir}:{os.environ['PATH']}"}, d)
+        elif name == "buildkit":
+            # dockerd 26, its client and buildx plugin first on PATH, in their DOCKER_CONFIG.
+            d = request.getfixturevalue("buildkit")
+            for archive in bases.values():
+                d.load(archive)
+            e = Env(name, d.env(**registry.env()), d, ("--network", "host"))
+        elif name == "podman":
+            p = request.getfixturevalue("podman")
+            for t, archive in bases.items():
+                p.load(archive, f"xshim-test/debian:{t}")
+            d = tmp_path_factory.mktemp("podman-conf")
+            (d / "storage.conf").write_text(
+                f'[storage]\ndriver = "{p.driver}"\ngraphroot = "{p.root}"\n'
+                f'runroot = "{p.runroot}"\n')
+            (d / "containers.conf").write_text(
+                '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "none"\n')
+            e = Env(name, {**base, "CONTAINERS_STORAGE_CONF": str(d / "storage.conf"),
+                           "CONTAINERS_CONF": str(d / "containers.conf")}, p,
+                    ("--network", "host"))
         else:
             b = request.getfixturevalue("buildah")
             for t, archive in bases.items():
@@ -247,12 +279,14 @@ def test_build_push_three_platforms(env: Any, name: str, context: Path,
     tag = f"{registry.host}/xs/app-{name}:1"
     meta = tmp_path / "meta.json"
     # No cache: every step runs here (the later tests reuse this build's layers).
-    r = xshim(e, "build", "--builder", name, "--platform", ALL, "-t", tag, "--push",
-              "--no-cache", "--metadata-file", str(meta), str(context))
+    r = e.build("--platform", ALL, "-t", tag, "--push", "--no-cache", "--metadata-file",
+                str(meta), str(context))
     r.check()
     assert _snapshot(context) == before, "the build changed the user's context"
     # Each platform's output is prefixed, and the foreign ones ran their steps through qemu.
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in r.output.splitlines()]
+    # Without colours, and without BuildKit's step number and time after the platform.
+    lines = [re.sub(r"^(\[\S+\] )#\d+ [\d.]+ ", r"\1",
+                    re.sub(r"\x1b\[[0-9;]*m", "", line)).strip() for line in r.output.splitlines()]
     for platform, said in (("linux/arm/v7", "built by tcc"), ("linux/arm64", "Hello, world!")):
         assert f"[{platform}] {said}" in lines, [x for x in lines if said in x or "tcc" in x]
 
@@ -280,8 +314,8 @@ def test_build_push_three_platforms(env: Any, name: str, context: Path,
 def test_build_oci_archive(env: Any, name: str, context: Path, tmp_path: Path) -> None:
     e = env(name)
     out = tmp_path / "app.tar"
-    xshim(e, "build", "--builder", name, "--platform", "linux/arm64,linux/arm/v7",
-          "-o", f"type=oci,dest={out}", "--progress", "quiet", str(context)).check()
+    e.build("--platform", "linux/arm64,linux/arm/v7", "-o", f"type=oci,dest={out}",
+            "--progress", "quiet", str(context)).check()
     index = json.loads(skopeo(e, "inspect", "--raw", f"oci-archive:{out}"))
     assert [m["platform"]["architecture"] for m in index["manifests"]] == ["arm64", "arm"]
     info = json.loads(skopeo(e, "--override-arch", "arm", "--override-variant", "v7",
@@ -295,8 +329,8 @@ def test_load_one_foreign_platform_and_run_it(env: Any, name: str, context: Path
     e = env(name)
     tag = f"xshim-test/loaded:{name}"
     trace = tmp_path / "trace.jsonl"
-    xshim(e, "build", "--builder", name, "--platform", "linux/arm/v7", "--load", "-t", tag,
-          "--trace", str(trace), "--progress", "quiet", str(context)).check()
+    e.build("--platform", "linux/arm/v7", "--load", "-t", tag, "--trace", str(trace),
+            "--progress", "quiet", str(context)).check()
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     tcc = [r for r in records if r["event"] == "exec" and r["path"].endswith("/tcc")]
     assert tcc and all(r["platform"] == "linux/arm/v7" and r["decision"] == "emulate"
@@ -304,7 +338,11 @@ def test_load_one_foreign_platform_and_run_it(env: Any, name: str, context: Path
                        and r["step"].startswith("RUN ") for r in tcc), tcc
     bundle = tmp_path / "bundle"
     xshim(e, "bundle", "--platform", "linux/arm/v7", "-o", str(bundle)).check()
-    if name == "docker":
+    if name == "podman":
+        r = e.builder.podman("run", "--rm", "--network", "none", "-v", f"{bundle}:/.xshim:ro",
+                             "--entrypoint", "/.xshim/bin/xshim-exec", tag,
+                             "/usr/local/bin/built")
+    elif name in ("docker", "buildkit"):
         r = e.builder.docker("run", "--rm", "--network", "none", "-v", f"{bundle}:/.xshim:ro",
                              "--entrypoint", "/.xshim/bin/xshim-exec", tag,
                              "/usr/local/bin/built")
@@ -332,8 +370,8 @@ def test_failing_run_names_the_platform_and_status(env: Any, name: str, tmp_path
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(FAILING)
-    r = xshim(e, "build", "--builder", name, "--platform", "linux/amd64,linux/arm64",
-              "-o", f"type=oci,dest={tmp_path / 'x.tar'}", str(ctx))
+    r = e.build("--platform", "linux/amd64,linux/arm64",
+                "-o", f"type=oci,dest={tmp_path / 'x.tar'}", str(ctx))
     assert r.returncode == 1, r.output[-3000:]
     error = r.output[r.output.index("xshim: error:"):]
     assert error.startswith("xshim: error: linux/arm64: step 'RUN ")
