@@ -1,6 +1,6 @@
 # xshim: build foreign-architecture container images on hosts without binfmt_misc.
 #
-#   make demo    install what is needed, then build the arm64 example image with docker (no binfmt)
+#   make demo    install what is needed, then xshim build the example for amd64+arm64 (no binfmt)
 #   make test    install what is needed, then run the whole test suite (lint, unit, integration)
 #   make check   the pure and quick tests only (lint and unit tests; no root, qemu or builders)
 #   make bench   the benchmark against binfmt (in a private user namespace), raw qemu and proot -q

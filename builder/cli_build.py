@@ -16,18 +16,21 @@ examples:
   xshim build --platform linux/arm64,linux/arm/v7 -o type=oci,dest=app.tar .
   xshim build --platform linux/arm64 --load -t app:arm64 .
   xshim build --builder docker --platform linux/amd64,linux/arm64 -t reg/app:1 --push .
+  xshim build --builder buildx --network host --platform linux/arm64 --load -t app .
   # CI, one runner per platform, then one index:
   xshim build --platform linux/arm64 -t reg/app --push-by-digest --metadata-file m.json .
   xshim index create -t reg/app:1 sha256:<amd64 digest> sha256:<arm64 digest>
 
 The flags are those of 'docker buildx build'. Each platform is built once, by the builder
-(auto: buildah, then podman, then Docker's legacy builder); platforms this host runs natively
-build from the Dockerfile as it is, foreign ones from a copy patched by 'xshim patch' with the
-shim bundle in a generated build context (the user's context plus the bundle), all in a private
-temporary directory: nothing in the context is changed, and a .dockerignore that lets through
-only some files still lets the bundle through. The platforms build side by side, their output
-prefixed with the platform. The images become one OCI image index (made with buildah or
-podman's manifest lists), pushed with --push or written with -o type=oci,dest=FILE.
+(auto: buildah, then podman, then Docker: BuildKit through 'docker buildx' when it reaches a
+builder, else the legacy builder); platforms this host runs natively build from the Dockerfile
+as it is, foreign ones from a copy patched by 'xshim patch'. The shim bundle reaches BuildKit as
+a named build context (mount mode), the other builders in a generated build context (the user's
+context plus the bundle); all in a private temporary directory: nothing in the context is
+changed, and a .dockerignore that lets through only some files still lets the bundle through.
+The platforms build side by side, their output prefixed with the platform. The images become
+one OCI image index (made with buildah or podman's manifest lists; images built in Docker are
+saved out of it first), pushed with --push or written with -o type=oci,dest=FILE.
 Registry access follows containers' own configuration (REGISTRY_AUTH_FILE, registries.conf).
 Exit status: 0 built, 1 a build failed (the platform, step and status are named), 2 bad input,
 3 a missing tool.
@@ -128,7 +131,8 @@ def _parse_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="the builders' output, prefixed per platform, or none (quiet)")
     p.add_argument("--builder", default="auto",
                    choices=["auto", "buildx", "docker", "buildah", "podman"],
-                   help="docker: the legacy builder (DOCKER_BUILDKIT=0); default auto")
+                   help="buildx: BuildKit (docker buildx build); docker: the legacy builder "
+                   "(DOCKER_BUILDKIT=0); default auto")
     p.add_argument("--mode", default="auto", choices=["auto", "copy", "mount"],
                    help="how foreign stages reach the shim (auto: mount where the builder can)")
     p.add_argument("--accelerate", action="store_true",

@@ -179,3 +179,63 @@ def test_ignore_file_lets_the_bundle_through(tmp_path: object) -> None:
         "*\n!app\n!.xshim\n!.xshim/**\n"
     (ctx / "Dockerfile.dockerignore").write_text("**\n")
     assert build_run._ignore_text(ctx, ctx / "Dockerfile", ".x1") == "**\n!.x1\n!.x1/**\n"
+
+
+def test_buildkit_command_line_takes_the_bundle_as_a_named_context() -> None:
+    req = _req(platforms=tuple(plan.parse_platforms(["linux/amd64,linux/arm64"], HOST)),
+               network="host", pull=True)
+    assert plan.resolve_mode("auto", "buildx") is plan.Mode.MOUNT
+    named = plan.named_bundle_context("buildx", plan.Mode.MOUNT)
+    assert named == plan.BUNDLE_CONTEXT
+    assert plan.named_bundle_context("buildx", plan.Mode.COPY) is None
+    assert plan.named_bundle_context("buildah", plan.Mode.MOUNT) is None
+    plans = plan.plan_platforms(req, plan.Mode.MOUNT, TEXT, HOST, ".xshim", named)
+    native, foreign = plans
+    assert native.native and native.dockerfile_text == TEXT
+    assert f"--mount=type=bind,from={named},target=/.xshim" in foreign.dockerfile_text
+    layout = _layout(plans)
+    layout = plan.Layout(layout.context, layout.dockerfile, layout.iidfile, layout.image_name,
+                         bundle_context="/w/bundle")
+    a, b = plan.with_commands(plans, "buildx", req, layout, "docker")
+    assert list(b.argv[:4]) == ["docker", "buildx", "build", "--progress"]
+    assert "--load" in b.argv and "--pull" in b.argv and b.env == {}
+    at = b.argv.index("--build-context")
+    assert b.argv[at + 1] == f"{named}=/w/bundle"
+    assert "--build-context" not in a.argv  # the native build has no use for it
+    # dockerd 26's BuildKit leaves a global ARG TARGETARCH empty: given explicitly.
+    assert "TARGETARCH=arm64" in b.argv and "TARGETARCH=amd64" in a.argv
+
+
+BUILDKIT_LOG = r"""#1 [internal] load build definition from Dockerfile.linux-arm64
+#5 [build 2/3] RUN tcc -o /b /p.c
+#6 [stage-1 2/3] RUN true
+#5 0.512 {mark}{{"event":"exec","path":"/usr/bin/tcc"}}
+#6 DONE 0.1s
+#7 [stage-1 3/3] RUN exit 7
+#7 ERROR: process "/bin/sh -c exit 7" did not complete successfully: exit code: 7
+------
+ > [stage-1 3/3] RUN exit 7:
+------
+#5 CANCELED
+ERROR: failed to solve: process "/bin/sh -c exit 7" did not complete successfully: exit code: 7
+"""
+
+
+def test_buildkit_output_steps_trace_and_failure(tmp_path: object) -> None:
+    """BuildKit's plain progress interleaves the steps of a build's stages: a trace record
+    belongs to the step its number names, a failure to the step BuildKit reports."""
+    import io
+
+    from xshim.shim.tracelog import MARK
+
+    log = BUILDKIT_LOG.format(mark=MARK)
+    p = plan.PlatformPlan(plan.parse_platform("linux/arm64"), False, "", (),
+                          ("sh", "-c", 'printf "%s" "$0"; exit 1', log))
+    out = build_run.Runner("plain", io.StringIO()).run_one(p)
+    assert out.returncode == 1
+    assert [(r["step"], r["path"]) for r in out.trace] == [("RUN tcc -o /b /p.c",
+                                                             "/usr/bin/tcc")]
+    msg = build_run.failure_message([out])
+    assert msg is not None and msg.startswith(
+        "linux/arm64: step 'RUN exit 7' exited with status 7 (builder exit status 1)")
+    assert "ERROR: failed to solve" in msg

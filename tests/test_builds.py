@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from support import builders, foreign, imagecheck
+from support import builders, foreign, imagecheck, trees
 from support.buildfix import (
     BASE_TAG,
     BUILDERS,
@@ -88,8 +88,8 @@ def example_builds(
     def get(kind: Kind) -> Built:
         if kind.id not in done:
             ctx = make_context(tmp_path_factory.mktemp(f"ctx-{kind.id}"), text, bundle,
-                               {"hello.deb": hello_deb})  # fmt: skip
-            patched = patch(ctx, kind.mode)
+                               {"hello_arm64.deb": hello_deb})  # fmt: skip
+            patched = patch(ctx, kind.mode, "--platform", PLATFORM)
             tag = f"xshim-test/example:{kind.id}"
             r = build(request, kind, ctx, patched, tag)
             done[kind.id] = Built(kind, tag, r, builder_of(request, kind.builder), text)
@@ -284,11 +284,14 @@ def test_failing_run_fails_the_build_with_its_status(
 
 
 def test_run_example_script(dockerd: builders.Dockerd, base_tree: Path, tmp_path: Path) -> None:
-    """examples/run-example.sh, as `make demo` runs it, on the private dockerd: it ends by running
-    the built image's own program through the bundle mounted for that run only."""
+    """examples/run-example.sh, as `make demo` runs it, on the private dockerd: `xshim build` of
+    the example for linux/amd64 and linux/arm64 into an OCI archive it checks, then the arm64
+    image loaded, its own program run through the bundle mounted for that run only."""
     work = tmp_path / "work"
     work.mkdir()
-    foreign.copy_tree(base_tree, work / "rootfs")  # the script's step 1 would make the same tree
+    # The script's step 1 would make the same trees.
+    foreign.copy_tree(base_tree, work / "rootfs")
+    foreign.copy_tree(trees.native("amd64"), work / "rootfs-amd64")
     script = builders.EXAMPLE_DIR.parent / "run-example.sh"
     try:
         r = builders.run(["sh", str(script), str(work)],
@@ -298,5 +301,7 @@ def test_run_example_script(dockerd: builders.Dockerd, base_tree: Path, tmp_path
         assert "built and run through xshim" in lines
         assert "OK: xshim-example/hello:arm64" in lines
         assert "platform: linux/arm64" in lines
+        assert "index: linux/amd64 linux/arm64" in lines
+        assert (work / "hello.tar").is_file()
     finally:
-        dockerd.docker("rmi", "-f", "xshim-example/hello:arm64")
+        dockerd.docker("rmi", "-f", "xshim-example/hello:arm64", "xshim-example/debian:amd64")

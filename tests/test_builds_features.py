@@ -326,9 +326,9 @@ def test_bundle_bytes_left_in_the_image(
     out = tmp_path / "bundle"
     xshim("bundle", "--platform", platforms, "-o", str(out / ".xshim"), cwd=tmp_path).check()
     text = (builders.EXAMPLE_DIR / "Dockerfile").read_text()
-    ctx = make_context(tmp_path / "ctx", text, out / ".xshim", {"hello.deb": hello_deb})
+    ctx = make_context(tmp_path / "ctx", text, out / ".xshim", {"hello_arm64.deb": hello_deb})
     tag = f"xshim-test/cost:{kind.id}"
-    build(request, kind, ctx, patch(ctx, kind.mode), tag).check()
+    build(request, kind, ctx, patch(ctx, kind.mode, "--platform", PLATFORM), tag).check()
     b = builder_of(request, kind.builder)
     image = b.save(tag, tmp_path / "image.tar")
     per_layer = builders.bundle_bytes(image)
@@ -396,9 +396,9 @@ def test_squash_on_an_experimental_daemon_leaves_no_bundle_bytes(
     """The legacy builder's way out: `--squash` merges the build's layers into one, in which the
     bundle's COPY and its removal cancel out (here on dockerd 26 --experimental)."""
     text = (builders.EXAMPLE_DIR / "Dockerfile").read_text()
-    ctx = make_context(tmp_path / "ctx", text, bundle, {"hello.deb": hello_deb})
+    ctx = make_context(tmp_path / "ctx", text, bundle, {"hello_arm64.deb": hello_deb})
     tag = "xshim-test/squashed:copy"
-    experimental.build(ctx, patch(ctx, "copy"), tag, legacy=True, extra=["--squash"]).check()
+    experimental.build(ctx, patch(ctx, "copy", "--platform", PLATFORM), tag, legacy=True, extra=["--squash"]).check()
     assert sum(builders.bundle_bytes(experimental.save(tag, tmp_path / "image.tar"))) == 0
     with experimental.rootfs(tag) as root:
         imagecheck.assert_clean(root, base_tree, {"greeting.txt", "data"})
