@@ -398,7 +398,8 @@ def test_squash_on_an_experimental_daemon_leaves_no_bundle_bytes(
     text = (builders.EXAMPLE_DIR / "Dockerfile").read_text()
     ctx = make_context(tmp_path / "ctx", text, bundle, {"hello_arm64.deb": hello_deb})
     tag = "xshim-test/squashed:copy"
-    experimental.build(ctx, patch(ctx, "copy", "--platform", PLATFORM), tag, legacy=True, extra=["--squash"]).check()
+    experimental.build(ctx, patch(ctx, "copy", "--platform", PLATFORM), tag, legacy=True,
+                       extra=["--squash"]).check()
     assert sum(builders.bundle_bytes(experimental.save(tag, tmp_path / "image.tar"))) == 0
     with experimental.rootfs(tag) as root:
         imagecheck.assert_clean(root, base_tree, {"greeting.txt", "data"})
