@@ -138,19 +138,24 @@ def _check_guest(here: Layout, allowed: tuple[str, ...]) -> None:
     if GUEST not in manifest.runtime_dirs:
         raise InstallError(f"{here.manifest} does not declare {GUEST}/",
                            "make the bundle again with this version of 'xshim bundle'")
-    try:
-        names = sorted(os.listdir(here.guest_dir))
-    except FileNotFoundError:
-        names = []
-    except NotADirectoryError:
-        names = [""]
-    unknown = [n for n in names if n not in allowed]
-    if unknown:
-        shown = ", ".join(os.path.join(here.guest_dir, n) for n in unknown)
+    shown = _strangers(here.guest_dir, allowed)
+    if shown:
         raise InstallError(f"{shown}: not in the bundle's manifest, and it would take the "
                            f"place of the image's {SH}; refusing",
                            "make the bundle again with 'xshim bundle' and check it with "
                            "'xshim verify'")
+
+
+def _strangers(directory: str, allowed: tuple[str, ...]) -> str:
+    """What ``directory`` holds besides ``allowed``, named for a message ("" when nothing; the
+    directory itself when it is not one)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return ""
+    except NotADirectoryError:
+        names = [""]
+    return ", ".join(os.path.join(directory, n) for n in names if n not in allowed)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -164,15 +169,8 @@ def _same_file(a: str, b: str) -> bool:
 def _check_outside(here: Layout, allowed: tuple[str, ...]) -> None:
     """Refuse a <prefix>-guest that holds anything but ``allowed``: the image brought it, and
     what is there would be taken for its shell, or be deleted by xshim-restore."""
-    try:
-        names = sorted(os.listdir(here.outside_dir))
-    except FileNotFoundError:
-        return
-    except NotADirectoryError:
-        names = [""]
-    unknown = [n for n in names if n not in allowed]
-    if unknown:
-        shown = ", ".join(os.path.join(here.outside_dir, n) for n in unknown)
+    shown = _strangers(here.outside_dir, allowed)
+    if shown:
         raise InstallError(f"{shown}: already in the image, where xshim keeps the image's "
                            f"{SH} in mount mode; refusing",
                            "remove it from the image, or patch with another --prefix")
