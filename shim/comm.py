@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import struct
 
+from . import abi
 from . import inject as ij
 from . import ptrace as pt
 
@@ -137,7 +138,7 @@ class Namer:
         at = ij.copy_regs(regs)
         # The name goes where sp points (argc and argv[0], the only memory sure to be mapped:
         # the stack may end right below sp) and what was there is put back afterwards.
-        name_at = regs.rsp
+        name_at = abi.stack_pointer(regs)
         try:
             under = self.mem.read(pid, name_at, len(name) + 1)
             self.mem.write(pid, name_at, name + b"\0")
@@ -145,7 +146,7 @@ class Namer:
             self.inj.cont(pid)  # cannot write to it: it keeps the emulator's name
             return
         # call() runs a syscall instruction 2 bytes before rip: point it at the emulator's.
-        at.rip = regs.rip + offset + ij.SYSCALL_INSN_LEN
+        abi.set_pc(at, abi.pc(regs) + offset + abi.SYSCALL_INSN_LEN)
         self.inj.call(pid, at, ij.NR_PRCTL, PR_SET_NAME, name_at, at_entry=False)
         self.mem.write(pid, name_at, under)
         pt.setregs(pid, regs)

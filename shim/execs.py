@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from . import blind, comm, handoff, limits, newargv, twinexec
+from . import abi, blind, comm, handoff, limits, newargv, twinexec
 from . import inject as ij
 from . import ptrace as pt
 from .plan import Leave, NeedView, Plan, Planner
 from .tracelog import Decision, TraceSink, errname
 
-_U64 = (1 << 64) - 1
 _TRACE_ARG_MAX = 1 << 16  # longer arguments are shown cut off, with a marker
 
 
@@ -46,8 +44,8 @@ class Execs:
         self.mem = pt.TraceeMemory()
         self.regs = pt.UserRegs()
         self.inj = ij.Injector()
-        # pid -> rdi, rsi, rdx, r10, r8 and the call before a rewrite
-        self.saved: dict[int, tuple[int, int, int, int, int, int]] = {}
+        # pid -> the caller's arguments and call before a rewrite
+        self.saved: dict[int, abi.Saved] = {}
         self.retry: dict[int, _Retry] = {}
         self.roots_known: set[int] = set()  # tracees /proc hides whose root is provably ours
         self.scratch: dict[int, tuple[int, int]] = {}  # pid -> mapping made for its new argv
@@ -124,7 +122,7 @@ class Execs:
         if saved is not None or prior is not None:
             regs = self.regs
             pt.getregs(pid, regs)
-            if regs.rax >= 1 << 63:  # the exec failed: give back the caller's registers
+            if abi.failed(regs):  # the exec failed: give back the caller's registers
                 area = None
                 if self.names:
                     self.names.pop(pid, None)
@@ -132,14 +130,14 @@ class Execs:
                 if saved is not None and self.twinning and pid in self.twinning:
                     twinexec.twin_failed(self, pid, regs, saved, prior)
                     return
-                if (saved is not None and fd is None and regs.rax == (-errno.ENOENT) & _U64
+                if (saved is not None and fd is None and abi.return_value(regs) == -errno.ENOENT
                         and self._hand_over_late(pid, regs, saved, prior)):
                     return
                 if saved is not None:
-                    regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, _ = saved
+                    abi.restore_args(regs, saved)
                     if self.trace is not None:
                         self.trace.exec(pid, self.traced_parent(pid), self.emulating.pop(pid, b""),
-                                        [], Decision.FAILED, err=(1 << 64) - regs.rax)
+                                        [], Decision.FAILED, err=-abi.return_value(regs))
                     area = self.scratch.pop(pid, None)
                 if area is not None or prior is not None or fd is not None:
                     at = ij.copy_regs(regs)
@@ -150,14 +148,14 @@ class Execs:
                     if prior is not None:  # as not dumpable as before we made it so
                         self.inj.call(pid, at, ij.NR_PRCTL, ij.PR_SET_DUMPABLE, prior,
                                       at_entry=False)
-                    self.inj.finish(pid, at, at.rax)
+                    self.inj.finish(pid, at, abi.return_value(at))
                     return
                 pt.setregs(pid, regs)
         elif self.unmap_later and pid in self.unmap_later:  # see on_fork
             at = ij.copy_regs(self.regs)
             pt.getregs(pid, at)
             self.inj.call(pid, at, ij.NR_MUNMAP, *self.unmap_later.pop(pid), at_entry=False)
-            self.inj.finish(pid, at, at.rax)
+            self.inj.finish(pid, at, abi.return_value(at))
             return
         pt.cont(pid)
 
@@ -184,20 +182,17 @@ class Execs:
     def on_exec(self, pid: int) -> None:
         regs = self.regs
         pt.getregs(pid, regs)
-        nr = regs.orig_rax
-        if nr == pt.NR_EXECVE:
-            dirfd, path_p, argv_p, envp_p, flags = pt.AT_FDCWD, regs.rdi, regs.rsi, regs.rdx, 0
-        elif nr == pt.NR_EXECVEAT:
-            dirfd = struct.unpack("i", struct.pack("I", regs.rdi & 0xFFFFFFFF))[0]
-            path_p, argv_p, envp_p, flags = regs.rsi, regs.rdx, regs.r10, regs.r8
-        else:
+        call = abi.exec_args(regs)
+        if call is None:
+            nr = abi.syscall_nr(regs)
             if nr == pt.NR_CLONE:  # with CLONE_UNTRACED (the filter's test): keep it traced
-                regs.rdi &= ~pt.CLONE_UNTRACED
+                abi.clear_clone_flag(regs, pt.CLONE_UNTRACED)
                 pt.setregs(pid, regs)
             elif nr == pt.NR_PTRACE:  # trapped only to say why it fails (EPERM, one tracer)
                 self._say(limits.ptrace_note(_comm(pid)))
             pt.cont(pid)
             return
+        nr, dirfd, path_p, argv_p, envp_p, flags = call
         retry = self.retry.pop(pid, None) if self.retry else None
         # The path and the start of argv in one read; argv is wasted on a native exec, but
         # almost every exec under the supervisor is a foreign one.
@@ -366,7 +361,7 @@ class Execs:
         own hides it): hand it a descriptor and run the exec again through that. False: the
         failure stands."""
         try:
-            emulator = self.mem.read_cstring(pid, regs.rdi)
+            emulator = self.mem.read_cstring(pid, abi.execve_path(regs))
         except OSError:
             return False
         if self.links is not None:
@@ -374,7 +369,7 @@ class Execs:
         if emulator not in self.emulators.values():
             return False
         at = ij.copy_regs(regs)
-        at.rdi, at.rsi, at.rdx, at.r10, at.r8, at.orig_rax = saved
+        abi.restore_call(at, saved)
         try:
             self.emu_fds[pid] = self.handoff.fetch(pid, at, emulator, entry=False)
         except blind.Refusal:
@@ -441,7 +436,7 @@ class Execs:
         """Point the exec at the emulator with its new argv (newargv.write), remembering the
         caller's registers for a failed exec."""
         regs = self.regs
-        saved = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.orig_rax)
+        saved = abi.save_call(regs)
         area = self.scratch.get(pid) if self.scratch else None
         newargv.write(self.mem, pid, regs, plan, path_p, argv_ptrs, envp_p, fd, area, link)
         self.saved[pid] = saved

@@ -19,9 +19,9 @@ import ctypes
 import os
 import signal
 
+from . import abi
 from . import ptrace as pt
 
-SYSCALL_INSN_LEN = 2  # "syscall" (0f 05)
 _SYSCALL_STOP = signal.SIGTRAP | 0x80
 
 NR_MMAP = 9
@@ -62,20 +62,16 @@ class Injector:
         (a negative errno on failure). The tracee is left at the call's syscall-exit stop."""
         r = self.regs
         ctypes.memmove(ctypes.addressof(r), ctypes.addressof(at), ctypes.sizeof(r))
-        full = (*args, 0, 0, 0, 0, 0, 0)
-        r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9 = full[:6]
-        r.orig_rax = nr
-        r.rax = nr
+        abi.set_call(r, nr, args)
         if at_entry:
             pt.setregs(pid, r)
         else:
-            r.rip = at.rip - SYSCALL_INSN_LEN
+            abi.set_pc(r, abi.pc(at) - abi.SYSCALL_INSN_LEN)
             pt.setregs(pid, r)
             self._step(pid)  # to the syscall-entry stop of the call
         self._step(pid)  # to its syscall-exit stop
         pt.getregs(pid, r)
-        result: int = r.rax
-        return result - (1 << 64) if result >= 1 << 63 else result
+        return abi.return_value(r)
 
     def _step(self, pid: int) -> None:
         """Resume to the next syscall stop, keeping aside anything else that happens."""
@@ -108,17 +104,16 @@ class Injector:
         ``at_entry``: the tracee is still at that stop (nothing was injected), so the call is
         skipped there rather than let through."""
         r = copy_regs(at)
-        r.rip = at.rip - SYSCALL_INSN_LEN
-        r.rax = at.orig_rax
+        abi.restart_call(r, at)
         if at_entry:
-            r.orig_rax = (-1) & 0xFFFFFFFFFFFFFFFF
+            abi.skip_call(r)
         pt.setregs(pid, r)
         pt.cont(pid, self.signals.pop(pid, 0))
 
     def finish(self, pid: int, at: pt.UserRegs, result: int) -> None:
         """End the original call with ``result`` (a negative errno) instead of running it."""
         r = copy_regs(at)
-        r.rax = result & 0xFFFFFFFFFFFFFFFF
+        abi.set_return(r, result)
         pt.setregs(pid, r)  # at a syscall-exit stop: rax is what the call returns
         pt.cont(pid, self.signals.pop(pid, 0))
 
@@ -129,8 +124,8 @@ class Injector:
 def fail_at_entry(pid: int, regs: pt.UserRegs, err: int, to_exit: bool = False) -> None:
     """Skip the call stopped at its seccomp stop and make it return ``-err``; ``to_exit``: stop
     again at its syscall-exit stop."""
-    regs.orig_rax = (-1) & 0xFFFFFFFFFFFFFFFF
-    regs.rax = (-err) & 0xFFFFFFFFFFFFFFFF
+    abi.skip_call(regs)
+    abi.set_return(regs, -err)
     pt.setregs(pid, regs)
     if to_exit:
         pt.cont_syscall(pid)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import struct
 
+from . import abi
 from . import ptrace as pt
 from .plan import Plan
 
@@ -67,7 +68,7 @@ def write(
     elif size > _STACK_WRITE_MAX:
         raise NeedMemory(size)
     else:
-        base = (regs.rsp - _RED_ZONE - size) & ~15
+        base = (abi.stack_pointer(regs) - _RED_ZONE - size) & ~15
     str_base = base + nptrs * 8
     ptrs = [reuse[i] if off < 0 else str_base + off for i, off in enumerate(offsets)]
     ptrs.extend(tail)
@@ -79,14 +80,6 @@ def write(
             raise NeedMemory(size) from None  # the stack ends within a page below sp
         raise
     if fd is None:
-        regs.orig_rax = pt.NR_EXECVE
-        regs.rdi = ptrs[0] if link is None else str_base + empty
-        regs.rsi = base
-        regs.rdx = envp_p
+        abi.set_execve(regs, ptrs[0] if link is None else str_base + empty, base, envp_p)
     else:
-        regs.orig_rax = pt.NR_EXECVEAT
-        regs.rdi = fd
-        regs.rsi = str_base + empty
-        regs.rdx = base
-        regs.r10 = envp_p
-        regs.r8 = pt.AT_EMPTY_PATH
+        abi.set_execveat(regs, fd, str_base + empty, base, envp_p, pt.AT_EMPTY_PATH)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from . import abi
 from . import inject as ij
 from . import ptrace as pt
 from .plan import Plan
@@ -42,20 +43,19 @@ def exec_twin(ex: Execs, pid: int, plan: Plan, argv_p: int, envp_p: int, shown: 
             table = 8 * (len(ptrs) + len(extra) + 1)
             if table + len(blob) > _STACK_WRITE_MAX:
                 return False  # emulated: not worth a mapping of its own
-            base = (regs.rsp - _RED_ZONE - table - len(blob)) & ~15
+            base = (abi.stack_pointer(regs) - _RED_ZONE - table - len(blob)) & ~15
             strs = base + table
             new = [ptrs[0], *(strs + o for o in offsets[1:]), *ptrs[1:], 0]
             ex.mem.write(pid, base, struct.pack(f"<{len(new)}Q", *new) + blob)
             path, argv_p = strs, base
         else:
             blob = plan.twin.path + b"\0"
-            path = (regs.rsp - _RED_ZONE - len(blob)) & ~15
+            path = (abi.stack_pointer(regs) - _RED_ZONE - len(blob)) & ~15
             ex.mem.write(pid, path, blob)
     except OSError:
         return False
-    ex.saved[pid] = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.orig_rax)
-    regs.orig_rax = pt.NR_EXECVE
-    regs.rdi, regs.rsi, regs.rdx = path, argv_p, envp_p
+    ex.saved[pid] = abi.save_call(regs)
+    abi.set_execve(regs, path, argv_p, envp_p)
     pt.setregs(pid, regs)
     ex.twinning.add(pid)
     if ex.trace is not None:
@@ -77,13 +77,13 @@ def twin_failed(ex: Execs, pid: int, regs: pt.UserRegs, saved: tuple[int, ...],
                 prior: int | None) -> None:
     """At the syscall-exit stop of a twin's failed exec: the exec again, emulated this time."""
     ex.twinning.discard(pid)
-    errno = (1 << 64) - regs.rax
+    errno = -abi.return_value(regs)
     ex.planner.no_twin[pid] = f"its twin's exec failed with {errname(errno)}"
     if ex.trace is not None:
         ex.trace.exec(pid, ex.traced_parent(pid), ex.emulating.get(pid, b""), [],
                       Decision.FAILED, err=errno)
     at = ij.copy_regs(regs)
-    at.rdi, at.rsi, at.rdx, at.r10, at.r8, at.orig_rax = saved
+    abi.restore_call(at, saved)
     if prior is not None:
         ex.undump[pid] = prior
     if ex.emulating:
