@@ -29,6 +29,7 @@ from .decide import HEADER_SIZE, Foreign, Native, classify
 from .errors import ShimError
 from .execs import Execs
 from .plan import Planner
+from .tracee import Opener
 from .tracelog import TraceSink
 from .twins import TwinTable
 
@@ -85,7 +86,7 @@ class Supervisor:
         planner = Planner(
             config.emulators, config.self_ids, config.guest_shell,
             guest_arch(config.guest_shell, config.chroot) if config.guest_shell else None,
-            config.chroot or "/", config.twins,
+            Opener(config.chroot or "/"), config.twins,
         )
         links = None
         if config.names_dir is not None:

@@ -14,6 +14,7 @@ from xshim.shim import arch as A
 from xshim.shim import ptrace as pt
 from xshim.shim.decide import Script, emulated_argv
 from xshim.shim.plan import Leave, NeedView, Plan, Planner, fd_of
+from xshim.shim.tracee import Opener
 from xshim.shim.tracelog import Decision
 
 
@@ -31,7 +32,7 @@ def test_the_descriptor_an_exec_goes_through() -> None:
 
 
 def test_what_a_hidden_tracee_must_tell() -> None:
-    p = Planner({}, frozenset(), None, None, "/")
+    p = Planner({}, frozenset(), None, None, Opener("/"))
     assert p.needs(7, pt.AT_FDCWD, b"/bin/sh", root_known=True) is None
     assert p.needs(7, pt.AT_FDCWD, b"/bin/sh", root_known=False) == NeedView(True, False, None)
     assert p.needs(7, pt.AT_FDCWD, b"bin/sh", root_known=True) == NeedView(False, True, None)
@@ -66,7 +67,7 @@ def _planner(
         st = os.stat(shim)
         ids = frozenset({(st.st_dev, st.st_ino)})
     return Planner({"aarch64": EMU} if emulators is None else emulators, ids, shell,
-                   AARCH64 if shell else None, "/")
+                   AARCH64 if shell else None, Opener("/"))
 
 
 def _plan(p: Planner, path: bytes, dirfd: int = pt.AT_FDCWD, flags: int = 0) -> object:
