@@ -17,7 +17,6 @@ build steps have no network. Base images come from the cached trees (tests/suppo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from support import builders, foreign, trees
+from support import builders, foreign, imagecheck, trees
 from xshim.builder import debian
 from xshim.shim import arch as archmod
 
@@ -164,24 +163,6 @@ def image_platform(b: Any, builder: str, tag: str) -> str:
     return "/".join(p for p in parts if p)
 
 
-def chain(root: Path, path: str) -> list[tuple[str, str]]:
-    """``path`` and every symlink hop from it; the mode, owner and sha256 of the file at the end."""
-    out: list[tuple[str, str]] = []
-    for _ in range(16):
-        node = builders.inside(root, os.path.dirname(path)) / os.path.basename(path)
-        if node.is_symlink():
-            target = os.readlink(node)
-            out.append((path, f"-> {target}"))
-            path = os.path.normpath(target if target.startswith("/")
-                                    else os.path.join(os.path.dirname(path), target))
-            continue
-        st = node.lstat()
-        digest = hashlib.sha256(node.read_bytes()).hexdigest()
-        out.append((path, f"{oct(st.st_mode)} {st.st_uid}:{st.st_gid} {digest}"))
-        return out
-    raise AssertionError(f"symlink loop at {path}")
-
-
 def traced(output: str) -> list[str]:
     """The build log's trace lines (XSHIM_TRACE=1) that ran something through an emulator."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in output.splitlines()]
@@ -251,7 +232,7 @@ def test_foreign_build(request: pytest.FixtureRequest, case: Case, bundle: Path,
     base = trees.finished(case.debian_arch)
     with b.rootfs(tag) as root:
         assert not os.path.lexists(root / ".xshim"), "the bundle was left in the image"
-        assert chain(root, "/bin/sh") == chain(base, "/bin/sh")
+        assert imagecheck.chain(root, "/bin/sh") == imagecheck.chain(base, "/bin/sh")
         assert (root / "uname-m").read_text() == f"{target.uname}\n"
         assert (root / "perl-uname").read_text() == f"{target.uname}\n"
         assert (root / "dpkg-arch").read_text() == f"{case.debian_arch}\n"
@@ -306,7 +287,8 @@ def test_native_stages_are_left_alone(request: pytest.FixtureRequest, builder: s
 
     with b.rootfs(tag) as root:
         assert not os.path.lexists(root / ".xshim")
-        assert chain(root, "/bin/sh") == chain(trees.native("amd64"), "/bin/sh")
+        assert imagecheck.chain(root, "/bin/sh") == imagecheck.chain(trees.native("amd64"),
+                                                            "/bin/sh")
         assert (root / "dpkg-arch").read_text() == "amd64\n"
         assert (root / "uname-m").read_text() == "x86_64\n"
         assert (root / "from-i386/dpkg-arch").read_text() == "i386\n"
