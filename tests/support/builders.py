@@ -108,6 +108,9 @@ def exclusive(timeout: float = 3600) -> Iterator[None]:
 # --- buildah -----------------------------------------------------------------------------------
 
 
+MEMFD_FLAKE = "sealing memfd copy: Device or resource busy"
+
+
 @dataclass
 class Buildah:
     """buildah with the vfs driver on a private store, building with chroot isolation."""
@@ -140,7 +143,15 @@ class Buildah:
             argv += ["--platform", platform]
         for k, v in build_args.items():
             argv += ["--build-arg", f"{k}={v}"]
-        return self.buildah(*argv, str(context))
+        result = self.buildah(*argv, str(context))
+        for _ in range(2):
+            # buildah 1.28's chroot runtime now and then fails to seal its memfd copy of itself
+            # before a RUN starts (nothing of the step has run yet); a second try is what a user
+            # would do. Any other failure is returned as it is.
+            if result.returncode == 0 or MEMFD_FLAKE not in result.output:
+                break
+            result = self.buildah(*argv, str(context))
+        return result
 
     def load(self, archive: Path, name: str) -> None:
         self.buildah("rmi", "-f", name)
