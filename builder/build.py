@@ -1,7 +1,9 @@
 """``xshim build``: the plan from a Dockerfile and a platform list to builder command lines.
 
-Pure: nothing here touches the disk or runs a program. ``parse_request`` checks the options as
-``docker buildx build`` users give them; ``plan_build`` decides, per platform, whether the host
+Pure: nothing here touches the disk or runs a program. The command line gives a ``BuildRequest``
+of typed values (builder/cli_build.py parses the options, ``parse_output`` and ``parse_secret``
+among its converters); ``check_request`` refuses combinations that cannot work; ``plan_platform``
+decides, per platform, whether the host
 runs it natively (the user's Dockerfile as it is) or through the shim (the Dockerfile patched
 for that platform, with the bundle in a generated build context), and writes the builder's
 command line. builder/build_run.py carries the plan out; builder/oci_index.py assembles the
@@ -26,10 +28,10 @@ from enum import Enum
 from ..shim import arch as archmod
 from .dockerfile import TRACE_ARG, Mode, Options, patch
 from .errors import InputError
+from .platform import Platform
 
 BUILDERS = ("auto", "buildx", "docker", "buildah", "podman")
 PROGRESS = ("auto", "plain", "quiet")
-MODES = ("auto", "copy", "mount")
 # Where the bundle sits in the generated context; another name is chosen when the user's context
 # already has one of that name.
 BUNDLE_DIR = ".xshim"
@@ -45,64 +47,6 @@ class Output(Enum):
     REGISTRY = "registry"
     OCI = "oci"
     LOAD = "docker"
-
-
-@dataclass(frozen=True)
-class Platform:
-    """One target platform as the OCI image index spells it."""
-
-    arch: archmod.Arch
-    os: str
-    architecture: str
-    variant: str
-
-    @property
-    def name(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-    @property
-    def index_variant(self) -> str:
-        """The variant in the index entry: buildx writes v8 for arm64."""
-        if self.architecture == "arm64" and not self.variant:
-            return "v8"
-        return self.variant
-
-    def build_args(self) -> dict[str, str]:
-        """TARGET* as BuildKit defines them; the legacy builder does not, so they are passed."""
-        return {"TARGETPLATFORM": self.name, "TARGETOS": self.os,
-                "TARGETARCH": self.architecture, "TARGETVARIANT": self.variant}
-
-
-def parse_platform(text: str) -> Platform:
-    """``linux/arm/v7`` -> Platform; a bare architecture means linux; arm alone means arm/v7."""
-    try:
-        a = archmod.from_platform(text)
-    except archmod.UnknownPlatformError as e:
-        raise InputError(f"--platform: {e}",
-                         "use e.g. --platform linux/amd64,linux/arm64,linux/arm/v7") from None
-    parts = text.strip().lower().split("/")
-    if len(parts) == 1:
-        parts = a.platform.split("/")
-    os_, architecture = parts[0], parts[1]
-    variant = parts[2] if len(parts) > 2 else ""
-    if architecture == "arm" and not variant:
-        variant = "v7"
-    if architecture == "arm64" and variant == "v8":
-        variant = ""  # the same platform; the index entry gets v8 back (index_variant)
-    return Platform(a, os_, architecture, variant)
-
-
-def parse_platforms(values: Sequence[str], host: archmod.Arch) -> list[Platform]:
-    out: list[Platform] = []
-    for value in values:
-        for item in value.split(","):
-            if item.strip():
-                p = parse_platform(item)
-                if p.name in (q.name for q in out):
-                    raise InputError(f"--platform: {p.name} is given twice",
-                                     "list each platform once")
-                out.append(p)
-    return out or [parse_platform(host.platform)]
 
 
 @dataclass(frozen=True)
@@ -140,6 +84,24 @@ def parse_output(value: str) -> OutputSpec:
         return OutputSpec(Output.LOAD)
     raise InputError(f"-o {value!r}: unsupported type {kind!r}",
                      "use type=registry, type=oci,dest=FILE or type=docker")
+
+
+def one_output(outputs: Sequence[OutputSpec]) -> OutputSpec:
+    """The one output of ``-o``, ``--push``, ``--load`` and ``--push-by-digest`` together."""
+    if len({o.kind for o in outputs}) > 1:
+        raise InputError("give one output: --push, --load or one -o",
+                         "build twice for two outputs (the second build is cached)")
+    return max(outputs, key=lambda o: o.push_by_digest) if outputs else OutputSpec(Output.NONE)
+
+
+_PULL = {"always": True, "true": True, "never": False, "false": False, "missing": None}
+
+
+def parse_pull(value: str) -> bool | None:
+    """``--pull[=always|never|missing]``: True always, False never, None the builder's default."""
+    if value not in _PULL:
+        raise InputError(f"--pull={value}", "use --pull, --pull=always or --pull=never")
+    return _PULL[value]
 
 
 @dataclass(frozen=True)
@@ -191,7 +153,7 @@ class BuildRequest:
     iidfile: str | None = None
     progress: str = "auto"
     builder: str = "auto"
-    mode: str = "auto"
+    mode: Mode | None = None  # None: auto (resolve_mode)
     trace: str | None = None
     accelerate: str | None = None  # the base tree whose programs get native twins
 
@@ -243,12 +205,12 @@ class Layout:
     bundle_context: str | None = None  # BuildKit: the bundle's directory, a named build context
 
 
-def resolve_mode(mode: str, builder: str) -> Mode:
-    """auto: mount mode (no bundle byte in any layer) wherever RUN --mount exists, i.e. on
+def resolve_mode(mode: Mode | None, builder: str) -> Mode:
+    """None (auto): mount mode (no bundle byte in any layer) wherever RUN --mount exists, i.e. on
     BuildKit, buildah and podman; copy mode on the legacy Docker builder."""
-    if mode == "copy" or (mode == "auto" and builder == "docker"):
+    if mode is Mode.COPY or (mode is None and builder == "docker"):
         return Mode.COPY
-    if mode == "mount" and builder == "docker":
+    if mode is Mode.MOUNT and builder == "docker":
         raise InputError("--mode mount needs RUN --mount, which the legacy Docker builder lacks",
                          "use --mode copy (or auto) with --builder docker")
     return Mode.MOUNT
@@ -262,14 +224,14 @@ def named_bundle_context(builder: str, mode: Mode) -> str | None:
 def plan_platform(text: str, platform: Platform, mode: Mode, bundle: str, host: archmod.Arch,
                   filename: str, mount_from: str | None = None) -> PlatformPlan:
     """Native (the text unchanged) or through the shim (patched for this target platform)."""
-    result = patch(text, Options(platform=platform.name, mode=mode, bundle=bundle, host=host,
+    result = patch(text, Options(platforms=(platform,), mode=mode, bundle=bundle, host=host,
                                  mount_from=mount_from),
                    filename=filename)
     emulated: list[archmod.Arch] = []
     for stage in result.stages_to_patch:
-        a = archmod.from_platform(stage.platform or platform.name)
-        if a not in emulated:
-            emulated.append(a)
+        for a in stage.arches:
+            if a not in emulated:
+                emulated.append(a)
     if not result.changed:
         return PlatformPlan(platform, True, text, ())
     return PlatformPlan(platform, False, result.text, tuple(emulated))

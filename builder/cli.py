@@ -21,7 +21,14 @@ from .cli_build import _parse_build, _parse_index
 from .cli_parsers import Formatter, Handler, accelerate_base
 from .cli_parsers import add_command as _add
 from .errors import InputError, Unavailable
-from .values import MODE_CHOICES, parse_arch, parse_arch_list, parse_arches, parse_mode
+from .values import (
+    MODE_CHOICES,
+    parse_arch,
+    parse_arch_list,
+    parse_arches,
+    parse_mode,
+    parse_platform_list,
+)
 
 log = logging.getLogger("xshim")
 
@@ -173,7 +180,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
         PatchRequest(
             dockerfile=args.dockerfile,
             output=args.output,
-            platform=args.platform,
+            platforms=args.platform,
             bundle=args.bundle,
             prefix=args.prefix,
             mode=args.mode,
@@ -191,7 +198,7 @@ def _parse_patch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = _add(sub, "patch", "rewrite a Dockerfile so its foreign-architecture stages build "
              "without binfmt_misc", PATCH_EPILOG, _cmd_patch)
     p.add_argument("dockerfile", metavar="DOCKERFILE", help="the Dockerfile, or - for stdin")
-    p.add_argument("--platform", metavar="P",
+    p.add_argument("--platform", metavar="P", type=parse_platform_list, default=(),
                    help="the build's target platform, or a comma-separated list of them, as "
                    "given to 'docker buildx build --platform' (default: stages without their "
                    "own platform are native)")

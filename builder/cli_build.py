@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .build import parse_output, parse_pull, parse_secret
 from .cli_parsers import accelerate_base
 from .cli_parsers import add_command as _add
+from .values import (
+    BUILD_MODE_CHOICES,
+    parse_build_mode,
+    parse_platform_list,
+    parse_target_platforms,
+)
 
 # --- xshim build ----------------------------------------------------------------------------------
 
@@ -41,47 +48,28 @@ def _cmd_build(args: argparse.Namespace) -> int:
     import os
 
     from ..shim import arch as archmod
-    from .build import (
-        BuildRequest,
-        Output,
-        OutputSpec,
-        parse_build_args,
-        parse_output,
-        parse_platforms,
-        parse_secret,
-    )
+    from .build import BuildRequest, Output, OutputSpec, one_output, parse_build_args
     from .build_run import run_build
-    from .errors import InputError
 
-    outputs = [parse_output(o) for o in args.output]
+    outputs = list(args.output)
     if args.push:
         outputs.append(OutputSpec(Output.REGISTRY))
     if args.load:
         outputs.append(OutputSpec(Output.LOAD))
     if args.push_by_digest:
         outputs.append(OutputSpec(Output.REGISTRY, push_by_digest=True))
-    kinds = {o.kind for o in outputs}
-    if len(kinds) > 1:
-        raise InputError("give one output: --push, --load or one -o",
-                         "build twice for two outputs (the second build is cached)")
-    output = max(outputs, key=lambda o: o.push_by_digest) if outputs else OutputSpec(Output.NONE)
-    pull = {None: None, "always": True, "true": True, "never": False, "false": False,
-            "missing": None}.get(args.pull)
-    if args.pull not in (None, "always", "true", "never", "false", "missing"):
-        raise InputError(f"--pull={args.pull}", "use --pull, --pull=always or --pull=never")
-    dockerfile = args.file or os.path.join(args.context, "Dockerfile")
     result = run_build(BuildRequest(
         context=args.context,
-        dockerfile=dockerfile,
-        platforms=tuple(parse_platforms(args.platform, archmod.host_arch())),
+        dockerfile=args.file or os.path.join(args.context, "Dockerfile"),
+        platforms=parse_target_platforms(args.platform, archmod.host_arch()),
         tags=tuple(args.tag),
         build_args=parse_build_args(args.build_arg, os.environ),
         target=args.target,
-        secrets=tuple(parse_secret(s) for s in args.secret),
+        secrets=tuple(args.secret),
         no_cache=args.no_cache,
-        pull=pull,
+        pull=args.pull,
         network=args.network,
-        output=output,
+        output=one_output(outputs),
         metadata_file=args.metadata_file,
         iidfile=args.iidfile,
         progress=args.progress,
@@ -102,6 +90,7 @@ def _parse_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
              BUILD_EPILOG, _cmd_build)
     p.add_argument("context", metavar="CONTEXT", help="the build context directory")
     p.add_argument("--platform", action="append", default=[], metavar="P[,P...]",
+                   type=parse_platform_list,
                    help="target platforms, e.g. linux/amd64,linux/arm64 (default: the host's)")
     p.add_argument("-t", "--tag", action="append", default=[], metavar="NAME",
                    help="name of the image, registry/repository:tag (repeatable)")
@@ -111,9 +100,11 @@ def _parse_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="a build argument (repeatable); K alone takes it from the environment")
     p.add_argument("--target", metavar="STAGE", help="build this stage")
     p.add_argument("--secret", action="append", default=[], metavar="id=ID,src=FILE",
+                   type=parse_secret,
                    help="a secret for RUN --mount=type=secret (not the legacy builder)")
     p.add_argument("--no-cache", action="store_true", help="do not use the build cache")
     p.add_argument("--pull", nargs="?", const="always", default=None, metavar="never",
+                   type=parse_pull,
                    help="--pull: always pull base images; --pull=never: never")
     p.add_argument("--network", metavar="MODE", help="network mode for RUN (e.g. none, host)")
     p.add_argument("--push", action="store_true", help="push the index (needs -t)")
@@ -123,6 +114,7 @@ def _parse_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--load", action="store_true",
                    help="put the image into the builder's local store (one platform)")
     p.add_argument("-o", "--output", action="append", default=[], metavar="SPEC",
+                   type=parse_output,
                    help="type=registry | type=oci,dest=FILE | type=docker")
     p.add_argument("--metadata-file", metavar="FILE",
                    help="write the digests (index and per platform) as JSON")
@@ -133,7 +125,8 @@ def _parse_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    choices=["auto", "buildx", "docker", "buildah", "podman"],
                    help="buildx: BuildKit (docker buildx build); docker: the legacy builder "
                    "(DOCKER_BUILDKIT=0); default auto")
-    p.add_argument("--mode", default="auto", choices=["auto", "copy", "mount"],
+    p.add_argument("--mode", default="auto", type=parse_build_mode,
+                   metavar="{" + ",".join(BUILD_MODE_CHOICES) + "}",
                    help="how foreign stages reach the shim (auto: mount where the builder can)")
     p.add_argument("--accelerate", action="store_true",
                    help="bundle native twins for the programs of the --base tree (see "

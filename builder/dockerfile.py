@@ -52,7 +52,7 @@ from .dockerfile_lex import (
     split_lines,
 )
 from .dockerfile_options import Finding, Level, Mode, Options, check_options
-from .dockerfile_stages import Stage, resolve_platform
+from .dockerfile_stages import Stage
 from .dockerfile_stages import analyse as analyse_stages
 from .errors import SourceError
 
@@ -85,7 +85,7 @@ def _is_root(user: str | None) -> bool:
 
 def analyse(lexed: Lexed, options: Options, filename: str = "Dockerfile") -> list[Stage]:
     """Split into stages and decide each stage's platform(s). Raises SourceError on bad input."""
-    return analyse_stages(lexed, options.platform, options.host, filename)
+    return analyse_stages(lexed, options.platforms, options.host, filename)
 
 
 # --- rewriting ----------------------------------------------------------------------------------
@@ -400,6 +400,5 @@ __all__ = [
     "analyse",
     "check_options",
     "patch",
-    "resolve_platform",
     "split_lines",
 ]

@@ -9,8 +9,8 @@ from enum import Enum, StrEnum
 
 from ..shim import arch as archmod
 from ..shim import layout
-from .dockerfile_stages import resolve_platform, split_targets
 from .errors import InputError
+from .platform import Platform
 
 _SAFE_PATH = re.compile(r"[A-Za-z0-9._+@/-]+")
 _CONTEXT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -23,10 +23,11 @@ class Mode(Enum):
 
 @dataclass(frozen=True)
 class Options:
-    """What to patch for. ``platform`` is the build's target platform, or a comma-separated list
-    of them; ``bundle`` is the bundle directory relative to the build context."""
+    """What to patch for. ``platforms`` are the build's target platforms (none: stages without a
+    platform of their own are native); ``bundle`` is the bundle directory relative to the build
+    context."""
 
-    platform: str | None = None
+    platforms: tuple[Platform, ...] = ()
     mode: Mode = Mode.COPY
     bundle: str = layout.DEFAULT_DIR
     prefix: str = layout.DEFAULT_PREFIX
@@ -77,11 +78,3 @@ def check_options(options: Options) -> None:
         raise InputError(f"the bundle directory {options.bundle!r} is outside the build context",
                          "put the bundle inside the build context (xshim bundle -o .xshim), or "
                          "give it as a named build context (--mode mount --mount-from xshim)")
-    for target in split_targets(options.platform):
-        if target is None:
-            continue
-        try:
-            resolve_platform(target)
-        except archmod.UnknownPlatformError:
-            known = ", ".join(a.platform for a in archmod.ARCHES)
-            raise InputError(f"unknown platform {target!r}", f"use one of: {known}") from None

@@ -15,6 +15,7 @@ every exec straight to the kernel).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -22,6 +23,7 @@ from ..shim import arch as archmod
 from .dockerfile_lex import Instruction, Lexed, parse_words
 from .dockerfile_shell import ShellError, ShellLex
 from .errors import SourceError
+from .platform import Platform, split_platform
 
 # Docker Hub's per-architecture namespaces (https://github.com/docker-library/official-images).
 ARCH_NAMESPACES: dict[str, str] = {
@@ -67,6 +69,7 @@ class Stage:
     runs: list[int] = field(default_factory=list)
     needs_patch: bool = False
     native_for: tuple[str, ...] = ()  # target platforms the stage runs natively for
+    arches: tuple[archmod.Arch, ...] = ()  # a foreign stage's rows: the emulators it needs
 
     @property
     def foreign(self) -> bool:
@@ -78,34 +81,6 @@ class Stage:
 
 
 # --- platform resolution ------------------------------------------------------------------------
-
-
-def _split_platform(text: str) -> tuple[str, str, str]:
-    parts = text.strip().lower().split("/")
-    if len(parts) == 1:
-        return "linux", parts[0], ""
-    return parts[0], parts[1], parts[2] if len(parts) > 2 else ""
-
-
-def resolve_platform(text: str) -> archmod.Arch:
-    """The table row for a platform string; a variant the table lacks falls back to os/arch."""
-    try:
-        return archmod.from_platform(text)
-    except archmod.UnknownPlatformError:
-        os_, arch_, variant = _split_platform(text)
-        if variant:
-            return archmod.from_platform(f"{os_}/{arch_}")
-        raise
-
-
-def _platform_args(prefix: str, platform: str) -> dict[str, str]:
-    os_, arch_, variant = _split_platform(platform)
-    return {
-        f"{prefix}PLATFORM": platform,
-        f"{prefix}OS": os_,
-        f"{prefix}ARCH": arch_,
-        f"{prefix}VARIANT": variant,
-    }
 
 
 def _image_namespace_platform(image: str) -> str | None:
@@ -123,23 +98,16 @@ def _image_namespace_platform(image: str) -> str | None:
 # --- stage analysis -----------------------------------------------------------------------------
 
 
-def split_targets(platform: str | None) -> list[str | None]:
-    """The build's target platforms from a ``--platform`` value (one, or a comma-separated list);
-    ``[None]`` when none is given."""
-    if not platform:
-        return [None]
-    return [p.strip() for p in platform.split(",") if p.strip()] or [None]
-
-
-def analyse(lexed: Lexed, platform: str | None, host: archmod.Arch | None = None,
+def analyse(lexed: Lexed, targets: Sequence[Platform], host: archmod.Arch | None = None,
             filename: str = "Dockerfile") -> list[Stage]:
-    """Split into stages and decide each stage's platform, for every target platform.
+    """Split into stages and decide each stage's platform, for every target platform (none: the
+    stages without a platform of their own are native).
 
     Raises SourceError on bad input.
     """
     host = host or archmod.host_arch()
-    per_target = [_analyse_one(lexed, target, host, filename)
-                  for target in split_targets(platform)]
+    each: Sequence[Platform | None] = targets or [None]
+    per_target = [_analyse_one(lexed, target, host, filename) for target in each]
     if len(per_target) == 1:
         return per_target[0]
     merged: list[Stage] = []
@@ -148,6 +116,7 @@ def analyse(lexed: Lexed, platform: str | None, host: archmod.Arch | None = None
         stage = foreign[0] if foreign else group[0]
         if foreign:
             stage.platform = ",".join(dict.fromkeys(s.platform or "" for s in foreign))
+            stage.arches = tuple(dict.fromkeys(a for s in foreign for a in s.arches))
             stage.native_for = tuple(dict.fromkeys(
                 s.platform or "" for s in group if s.kind is StageKind.NATIVE))
         merged.append(stage)
@@ -157,13 +126,11 @@ def analyse(lexed: Lexed, platform: str | None, host: archmod.Arch | None = None
     return merged
 
 
-def _analyse_one(lexed: Lexed, platform: str | None, host: archmod.Arch,
+def _analyse_one(lexed: Lexed, platform: Platform | None, host: archmod.Arch,
                  filename: str) -> list[Stage]:
-    host_platform = host.platform
-    target = platform or host_platform
     env: dict[str, str] = {}
-    env.update(_platform_args("BUILD", host_platform))
-    env.update(_platform_args("TARGET", target))
+    env.update(Platform.of(host).build_args("BUILD"))
+    env.update((platform or Platform.of(host)).build_args("TARGET"))
     automatic = set(env)
     stages: list[Stage] = []
     by_name: dict[str, Stage] = {}
@@ -221,7 +188,7 @@ def _stage_from(
     env: dict[str, str],
     by_name: dict[str, Stage],
     index: int,
-    default_platform: str | None,
+    default_platform: Platform | None,
     host: archmod.Arch,
     filename: str,
 ) -> Stage:
@@ -243,18 +210,20 @@ def _stage_from(
         stage.parent = parent
         stage.platform = parent.platform
         stage.kind = parent.kind
+        stage.arches = parent.arches
         stage.shell_at_end = parent.shell_at_end
         stage.user_at_end = parent.user_at_end
         return stage
     if image.lower() == "scratch":
         stage.kind = StageKind.SCRATCH
         return stage
-    platform = flag_platform or _image_namespace_platform(image) or default_platform
-    if not platform:
+    own = flag_platform or _image_namespace_platform(image)
+    if not own and default_platform is None:
         stage.platform = host.platform
         stage.kind = StageKind.NATIVE
         return stage
-    if _split_platform(platform)[0] == "windows" or _WINDOWS_IMAGE.search(image):
+    platform = own or (default_platform.name if default_platform else "")
+    if split_platform(platform)[0] == "windows" or _WINDOWS_IMAGE.search(image):
         stage.platform = platform
         stage.kind = StageKind.WINDOWS
         return stage
@@ -262,13 +231,20 @@ def _stage_from(
         stage.platform = platform
         stage.kind = StageKind.BUILD_PLATFORM
         return stage
-    try:
-        target = resolve_platform(platform)
-    except archmod.UnknownPlatformError:
-        known = ", ".join(a.platform for a in archmod.ARCHES)
-        raise SourceError(filename, ins.line, f"unknown platform {platform!r} in FROM",
-                            f"use one of: {known}") from None
+    if own:
+        try:
+            target = Platform.parse(own).arch
+        except archmod.UnknownPlatformError:
+            known = ", ".join(a.platform for a in archmod.ARCHES)
+            raise SourceError(filename, ins.line, f"unknown platform {own!r} in FROM",
+                              f"use one of: {known}") from None
+    else:
+        assert default_platform is not None
+        target = default_platform.arch
     stage.platform = target.platform
-    stage.kind = (StageKind.NATIVE if archmod.natively_runs(host, target)
-                  else StageKind.FOREIGN)
+    if archmod.natively_runs(host, target):
+        stage.kind = StageKind.NATIVE
+    else:
+        stage.kind = StageKind.FOREIGN
+        stage.arches = (target,)
     return stage

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..shim import arch as archmod
 from .fsutil import sha256_file
+from .platform import Platform
 
 DEBIAN_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A fixed date keeps the archive, and so the image id, the same for the same tree.
@@ -41,17 +41,12 @@ def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_image_archive(
-    tree: Path, out: Path, *, tag: str, platform: str, config: Mapping[str, Any]
+    tree: Path, out: Path, *, tag: str, platform: Platform, config: Mapping[str, Any]
 ) -> Path:
     """Write ``tree`` as a one-layer docker-archive tagged ``tag`` whose config says ``platform``.
 
     Written beside ``out`` and renamed into place, so a reader never sees half an archive.
     """
-    row = archmod.from_platform(platform)
-    os_name, arch_name, *variant = row.platform.split("/")
-    given = platform.split("/")
-    if len(given) == 3:
-        variant = [given[2]]
     work = Path(tempfile.mkdtemp(prefix=".image-", dir=out.parent))
     try:
         layer = work / "layer.tar"
@@ -64,15 +59,16 @@ def write_image_archive(
         )  # fmt: skip
         diff_id = "sha256:" + sha256_file(layer)
         image: dict[str, Any] = {
-            "architecture": arch_name,
-            "os": os_name,
+            "architecture": platform.architecture,
+            "os": platform.os,
             "created": CREATED,
             "config": dict(config),
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "history": [{"created": CREATED, "created_by": f"rootfs tree ({row.platform})"}],
+            "history": [{"created": CREATED,
+                         "created_by": f"rootfs tree ({platform.arch.platform})"}],
         }
-        if variant:
-            image["variant"] = variant[0]
+        if platform.variant:
+            image["variant"] = platform.variant
         cfg = json.dumps(image, sort_keys=True).encode()
         cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
         layer_name = diff_id.split(":")[1] + "/layer.tar"

@@ -18,27 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ..shim import arch as archmod
 from ..shim import layout as L
 from ..shim.layout import Manifest, ManifestError
-from .dockerfile import (
-    Finding,
-    Level,
-    Mode,
-    Options,
-    PatchResult,
-    patch,
-    resolve_platform,
-)
-from .errors import InputError, bad_platform
+from .dockerfile import Finding, Level, Mode, Options, PatchResult, patch
+from .errors import InputError
 from .fsutil import OutputError, write_output
+from .platform import Platform
 
 
 @dataclass(frozen=True)
 class PatchRequest:
     dockerfile: str  # a path, or "-" for stdin
     output: str | None = None  # a path, "-" or None for stdout
-    platform: str | None = None
+    platforms: tuple[Platform, ...] = ()  # the build's targets; none: FROM lines decide alone
     bundle: str | None = None  # the bundle directory on this machine
     prefix: str | None = None
     mode: Mode = Mode.COPY
@@ -85,19 +77,7 @@ def _read_manifest(bundle: Path) -> Manifest:
 
 def resolve_options(req: PatchRequest) -> Options:
     """Turn the command-line values into rewriter options, checking the bundle if one is given."""
-    platform = None
-    if req.platform:
-        targets: list[str] = []
-        for text in req.platform.split(","):
-            if not text.strip():
-                raise InputError(f"--platform {req.platform!r} has an empty entry",
-                                 "give one platform or a comma-separated list, e.g. "
-                                 "linux/amd64,linux/arm64")
-            try:
-                targets.append(resolve_platform(text).platform)
-            except archmod.UnknownPlatformError as e:
-                raise bad_platform(e) from None
-        platform = ",".join(dict.fromkeys(targets))
+    platforms = tuple({p.name: p for p in req.platforms}.values())  # each once
     if req.mount_from is not None and req.mode is not Mode.MOUNT:
         raise InputError("--mount-from only serves mount mode", "add --mode mount")
     bundle_text = L.DEFAULT_DIR
@@ -126,7 +106,7 @@ def resolve_options(req: PatchRequest) -> Options:
                     "make the bundle inside the directory you build from "
                     "(xshim bundle -o .xshim), give that directory with --context, or mount "
                     "it from a named build context (--mode mount --mount-from xshim)") from None
-    return Options(platform=platform, mode=req.mode, bundle=bundle_text,
+    return Options(platforms=platforms, mode=req.mode, bundle=bundle_text,
                    prefix=prefix or L.DEFAULT_PREFIX, mount_from=req.mount_from)
 
 
@@ -136,16 +116,13 @@ def _missing_emulators(result: PatchResult, manifest: Manifest, bundle: str) -> 
     names = set(manifest.emulators)
     out = []
     for stage in result.stages_to_patch:
-        for platform in (stage.platform or "").split(","):
-            if not platform:
-                continue
-            arch = resolve_platform(platform)
+        for arch in stage.arches:
             if arch.name not in names:
                 line = result.lexed.instructions[stage.from_index].line
                 out.append(Finding(line, 1, Level.WARNING, "XS013",
-                                   f"{stage.label} runs on {platform} but the bundle {bundle!r} "
-                                   f"has no emulator for it: make it with xshim bundle "
-                                   f"--platform {platform} (a list for several)"))
+                                   f"{stage.label} runs on {arch.platform} but the bundle "
+                                   f"{bundle!r} has no emulator for it: make it with xshim "
+                                   f"bundle --platform {arch.platform} (a list for several)"))
     return out
 
 

@@ -1,6 +1,7 @@
 """Command-line text made into typed values, once, at the edge (argparse ``type=`` converters).
 
-The library below the CLI takes only the typed values: an ``Arch`` row, a list of them, a ``Mode``.
+The library below the CLI takes only the typed values: an ``Arch`` row, a list of them, a
+``Platform`` (builder/platform.py) or a list of them, a ``Mode``.
 A platform the architecture table lacks is bad input with the same message and hint wherever it
 is given (``errors.bad_platform``); it is raised as an ``InputError``, which argparse lets through
 to the CLI's one error boundary (it turns only ``ValueError``/``TypeError`` into usage errors).
@@ -9,20 +10,26 @@ to the CLI's one error boundary (it turns only ``ValueError``/``TypeError`` into
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ..shim import arch as archmod
 from ..shim.arch import Arch
 from .dockerfile import Mode
 from .errors import InputError, bad_platform
+from .platform import Platform
+
+
+def parse_platform(text: str) -> Platform:
+    """``linux/arm64``, ``arm64``, ``linux/arm/v7`` -> Platform."""
+    try:
+        return Platform.parse(text)
+    except archmod.UnknownPlatformError as e:
+        raise bad_platform(e) from None
 
 
 def parse_arch(text: str) -> Arch:
     """``linux/arm64``, ``arm64``, ``aarch64``, ``linux/arm/v7`` -> its table row."""
-    try:
-        return archmod.from_platform(text)
-    except archmod.UnknownPlatformError as e:
-        raise bad_platform(e) from None
+    return parse_platform(text).arch
 
 
 def parse_arch_list(text: str) -> list[Arch]:
@@ -42,6 +49,33 @@ def parse_arches(values: Iterable[str | list[Arch]]) -> list[Arch]:
     return out
 
 
+def parse_platform_list(text: str) -> tuple[Platform, ...]:
+    """A build's target platforms as ``docker buildx build --platform`` takes them:
+    ``linux/amd64,linux/arm64`` -> Platforms in order; an empty value gives none (the option's
+    default). An empty entry in a list is bad input."""
+    if not text.strip():
+        return ()
+    items = text.split(",")
+    if any(not item.strip() for item in items):
+        raise InputError(f"--platform {text!r} has an empty entry",
+                         "give one platform or a comma-separated list, e.g. "
+                         "linux/amd64,linux/arm64")
+    return tuple(parse_platform(item) for item in items)
+
+
+def parse_target_platforms(values: Iterable[str | Sequence[Platform]], host: Arch
+                           ) -> tuple[Platform, ...]:
+    """A repeatable ``--platform`` of ``xshim build`` -> each target once, in order; none given
+    means the host's platform. A platform given twice is bad input (buildx refuses it too)."""
+    out: list[Platform] = []
+    for value in values:
+        for p in parse_platform_list(value) if isinstance(value, str) else value:
+            if p.name in (q.name for q in out):
+                raise InputError(f"--platform: {p.name} is given twice", "list each platform once")
+            out.append(p)
+    return tuple(out) or (Platform.of(host),)
+
+
 MODE_CHOICES = tuple(m.value for m in Mode)
 
 
@@ -50,6 +84,23 @@ def parse_mode(text: str) -> Mode:
     try:
         return Mode(text)
     except ValueError:
-        choices = ", ".join(repr(c) for c in MODE_CHOICES)
-        raise argparse.ArgumentTypeError(
-            f"invalid choice: {text!r} (choose from {choices})") from None
+        raise _invalid_choice(text, MODE_CHOICES) from None
+
+
+BUILD_MODE_CHOICES = ("auto", *MODE_CHOICES)
+
+
+def parse_build_mode(text: str) -> Mode | None:
+    """``xshim build --mode auto|copy|mount``: auto is None (build.resolve_mode picks the mode
+    the builder can do)."""
+    if text == "auto":
+        return None
+    try:
+        return Mode(text)
+    except ValueError:
+        raise _invalid_choice(text, BUILD_MODE_CHOICES) from None
+
+
+def _invalid_choice(text: str, choices: tuple[str, ...]) -> argparse.ArgumentTypeError:
+    listed = ", ".join(repr(c) for c in choices)
+    return argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {listed})")

@@ -9,6 +9,7 @@ from xshim.builder import build as plan
 from xshim.builder import build_run, oci_index
 from xshim.builder.cli import main
 from xshim.builder.errors import InputError
+from xshim.builder.values import parse_platform, parse_target_platforms
 from xshim.shim import arch as archmod
 
 HOST = archmod.from_platform("linux/amd64")
@@ -16,19 +17,19 @@ TEXT = "FROM debian:bookworm\nRUN echo hi\n"
 
 
 def test_platforms_as_the_index_spells_them() -> None:
-    got = plan.parse_platforms(["linux/amd64,linux/arm64", "linux/arm/v7"], HOST)
+    got = parse_target_platforms(["linux/amd64,linux/arm64", "linux/arm/v7"], HOST)
     assert [(p.os, p.architecture, p.variant, p.index_variant) for p in got] == [
         ("linux", "amd64", "", ""), ("linux", "arm64", "", "v8"), ("linux", "arm", "v7", "v7")]
-    assert plan.parse_platform("arm").name == "linux/arm/v7"
-    assert plan.parse_platform("linux/arm64/v8").name == "linux/arm64"
-    assert [p.name for p in plan.parse_platforms([], HOST)] == ["linux/amd64"]
+    assert parse_platform("arm").name == "linux/arm/v7"
+    assert parse_platform("linux/arm64/v8").name == "linux/arm64"
+    assert [p.name for p in parse_target_platforms([], HOST)] == ["linux/amd64"]
 
 
 def test_bad_platforms_are_input_errors() -> None:
     with pytest.raises(InputError, match="unknown platform 'linux/vax'"):
-        plan.parse_platforms(["linux/amd64,linux/vax"], HOST)
+        parse_target_platforms(["linux/amd64,linux/vax"], HOST)
     with pytest.raises(InputError, match="given twice"):
-        plan.parse_platforms(["linux/arm64,linux/arm64/v8"], HOST)
+        parse_target_platforms(["linux/arm64,linux/arm64/v8"], HOST)
 
 
 def test_outputs_in_buildx_form() -> None:
@@ -45,13 +46,13 @@ def test_outputs_in_buildx_form() -> None:
 
 def _req(**kw: object) -> plan.BuildRequest:
     base: dict[str, object] = {"context": ".", "dockerfile": "Dockerfile",
-                               "platforms": tuple(plan.parse_platforms(["linux/amd64"], HOST))}
+                               "platforms": parse_target_platforms(["linux/amd64"], HOST)}
     base.update(kw)
     return plan.BuildRequest(**base)  # type: ignore[arg-type]
 
 
 def test_impossible_combinations_are_refused() -> None:
-    two = tuple(plan.parse_platforms(["linux/amd64,linux/arm64"], HOST))
+    two = parse_target_platforms(["linux/amd64,linux/arm64"], HOST)
     with pytest.raises(InputError, match="--load takes one platform"):
         plan.check_request(_req(platforms=two, output=plan.OutputSpec(plan.Output.LOAD)))
     with pytest.raises(InputError, match="--push needs a name"):
@@ -60,14 +61,14 @@ def test_impossible_combinations_are_refused() -> None:
         plan.check_request(_req(tags=("r/a", "r/b"), output=plan.OutputSpec(
             plan.Output.REGISTRY, push_by_digest=True)))
     with pytest.raises(InputError, match="legacy Docker builder lacks"):
-        plan.resolve_mode("mount", "docker")
-    assert plan.resolve_mode("auto", "docker") is plan.Mode.COPY
-    assert plan.resolve_mode("auto", "buildah") is plan.Mode.MOUNT
+        plan.resolve_mode(plan.Mode.MOUNT, "docker")
+    assert plan.resolve_mode(None, "docker") is plan.Mode.COPY
+    assert plan.resolve_mode(None, "buildah") is plan.Mode.MOUNT
 
 
 def test_native_platform_keeps_the_dockerfile_foreign_ones_are_patched() -> None:
     plans = plan.plan_platforms(
-        _req(platforms=tuple(plan.parse_platforms(["linux/amd64,linux/arm/v7"], HOST))),
+        _req(platforms=parse_target_platforms(["linux/amd64,linux/arm/v7"], HOST)),
         plan.Mode.COPY, TEXT, HOST, ".xshim")
     native, armhf = plans
     assert native.native and native.dockerfile_text == TEXT and native.emulated == ()
@@ -92,7 +93,7 @@ def _layout(plans: list[plan.PlatformPlan]) -> plan.Layout:
 
 
 def test_command_lines() -> None:
-    req = _req(platforms=tuple(plan.parse_platforms(["linux/arm64"], HOST)),
+    req = _req(platforms=parse_target_platforms(["linux/arm64"], HOST),
                build_args={"A": "1"}, target="final", no_cache=True, pull=False,
                network="none")
     plans = plan.plan_platforms(req, plan.Mode.COPY, TEXT, HOST, ".xshim")
@@ -148,6 +149,48 @@ def test_cli_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["index", "create", "-t", "r/a:1", "sha256:zz"]) == 2
 
 
+@pytest.mark.parametrize(("value", "needle", "hint"), [
+    ("linux/vax", "--platform: unknown platform 'linux/vax'", "os/arch[/variant]"),
+    ("linux/amd64,,linux/arm64", "--platform 'linux/amd64,,linux/arm64' has an empty entry",
+     "comma-separated list"),
+    ("linux/arm64,linux/arm64/v8", "--platform: linux/arm64 is given twice",
+     "list each platform once"),
+])
+def test_bad_platforms_name_the_input_and_the_fix_and_write_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        value: str, needle: str, hint: str) -> None:
+    (tmp_path / "Dockerfile").write_text(TEXT)
+    monkeypatch.chdir(tmp_path)
+    argv = ["build", "--platform", value, "--metadata-file", "m.json", "--iidfile", "iid",
+            "-o", "type=oci,dest=out.tar", "--trace", "t.jsonl", "."]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"xshim: error: {needle}") and hint in err[1], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dockerfile"]
+
+
+def test_the_build_request_holds_typed_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[plan.BuildRequest] = []
+
+    def record(req: plan.BuildRequest) -> build_run.BuildResult:
+        seen.append(req)
+        return build_run.BuildResult(None, {}, {}, [])
+
+    monkeypatch.setattr(build_run, "run_build", record)
+    assert main(["build", "--platform", "arm64,linux/arm/v7", "--platform", "s390x",
+                 "--mode", "copy", "--pull=never", "-o", "type=oci,dest=a.tar",
+                 "--secret", "id=s,src=/f", "."]) == 0
+    assert main(["build", "."]) == 0
+    typed, default = seen
+    assert [(p.name, p.arch.name) for p in typed.platforms] == [
+        ("linux/arm64", "aarch64"), ("linux/arm/v7", "armhf"), ("linux/s390x", "s390x")]
+    assert typed.mode is plan.Mode.COPY and typed.pull is False
+    assert typed.output == plan.OutputSpec(plan.Output.OCI, "a.tar")
+    assert typed.secrets == (plan.Secret("s", "/f"),)
+    assert [p.arch for p in default.platforms] == [HOST] and default.mode is None
+    assert default.pull is None and default.output.kind is plan.Output.NONE
+
+
 def test_trace_records_are_picked_out_of_the_build_log() -> None:
     from xshim.shim.tracelog import MARK
 
@@ -182,9 +225,9 @@ def test_ignore_file_lets_the_bundle_through(tmp_path: object) -> None:
 
 
 def test_buildkit_command_line_takes_the_bundle_as_a_named_context() -> None:
-    req = _req(platforms=tuple(plan.parse_platforms(["linux/amd64,linux/arm64"], HOST)),
+    req = _req(platforms=parse_target_platforms(["linux/amd64,linux/arm64"], HOST),
                network="host", pull=True)
-    assert plan.resolve_mode("auto", "buildx") is plan.Mode.MOUNT
+    assert plan.resolve_mode(None, "buildx") is plan.Mode.MOUNT
     named = plan.named_bundle_context("buildx", plan.Mode.MOUNT)
     assert named == plan.BUNDLE_CONTEXT
     assert plan.named_bundle_context("buildx", plan.Mode.COPY) is None
@@ -229,7 +272,7 @@ def test_buildkit_output_steps_trace_and_failure(tmp_path: object) -> None:
     from xshim.shim.tracelog import MARK
 
     log = BUILDKIT_LOG.format(mark=MARK)
-    p = plan.PlatformPlan(plan.parse_platform("linux/arm64"), False, "", (),
+    p = plan.PlatformPlan(parse_platform("linux/arm64"), False, "", (),
                           ("sh", "-c", 'printf "%s" "$0"; exit 1', log))
     out = build_run.Runner("plain", io.StringIO()).run_one(p)
     assert out.returncode == 1

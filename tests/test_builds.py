@@ -41,6 +41,7 @@ from support.buildfix import (
     run_failed,
 )
 from support.imagecheck import expected_config
+from xshim.builder.platform import Platform
 
 pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.slow, pytest.mark.integration]
 
@@ -176,7 +177,7 @@ def native_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tree / "bin" / "sh").symlink_to("busybox")
     out = tmp_path_factory.mktemp("native") / "busybox.tar"
     return builders.write_image_archive(  # type: ignore[no-any-return]
-        tree, out, tag=NATIVE_TAG, platform="linux/amd64", config={"Cmd": ["sh"]}
+        tree, out, tag=NATIVE_TAG, platform=Platform.parse("linux/amd64"), config={"Cmd": ["sh"]}
     )
 
 

@@ -35,6 +35,7 @@ from support.buildfix import (
     run_failed,
     xshim,
 )
+from xshim.builder.platform import Platform
 
 pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.slow, pytest.mark.integration]
 
@@ -243,7 +244,8 @@ def native_heredoc_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tree / "bin" / "sh").symlink_to("busybox")
     out = tmp_path_factory.mktemp("native-image") / "busybox.tar"
     return builders.write_image_archive(  # type: ignore[no-any-return]
-        tree, out, tag="xshim-test/native:amd64", platform="linux/amd64", config={"Cmd": ["sh"]}
+        tree, out, tag="xshim-test/native:amd64", platform=Platform.parse("linux/amd64"),
+        config={"Cmd": ["sh"]}
     )
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from support import builders, imagecheck
 from support.buildfix import builder_of, load_into
+from xshim.builder.platform import Platform
 
 pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.slow, pytest.mark.integration]
 
@@ -117,7 +118,7 @@ def bases(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     work = tmp_path_factory.mktemp("native-base")
     native_archive = builders.write_image_archive(
         _native_tree(work / "tree"), work / "native.tar", tag=NATIVE_BASE,
-        platform="linux/amd64", config=builders.base_config())  # fmt: skip
+        platform=Platform.parse("linux/amd64"), config=builders.base_config())  # fmt: skip
     done: dict[str, Any] = {}
 
     def get(name: str) -> Any:

@@ -12,6 +12,7 @@ from xshim.builder.cli import exit_status
 from xshim.builder.dockerfile import Mode, Options, patch
 from xshim.builder.dockerfile_lex import Instruction, Lexed, LexError, lex
 from xshim.builder.errors import InputError, SourceError
+from xshim.builder.values import parse_platform_list
 from xshim.shim import arch
 
 CORPUS = Path(__file__).parent / "corpus" / "dockerfile"
@@ -23,7 +24,8 @@ MOUNT = "--mount=type=bind,source=.xshim,target=/.xshim"
 
 
 def opts(mode: str = "copy", platform: str | None = None, **kw: str) -> Options:
-    return Options(platform=platform, mode=Mode(mode), host=HOST, **kw)  # type: ignore[arg-type]
+    return Options(platforms=parse_platform_list(platform or ""), mode=Mode(mode), host=HOST,
+                   **kw)  # type: ignore[arg-type]
 
 
 def rewrite(text: str, mode: str = "copy", platform: str | None = None) -> str:

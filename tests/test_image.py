@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from xshim.builder import image
+from xshim.builder.platform import Platform
 
 
 @pytest.mark.parametrize(("platform", "arch", "variant"), [
@@ -20,7 +21,8 @@ def test_archive_names_the_platform_and_holds_the_tree(
     (tree / "bin" / "hello").write_text("hi")
     (tree / "dev").mkdir()
     (tree / "dev" / "null").write_text("not a device")
-    out = image.write_image_archive(tree, tmp_path / "img.tar", tag="me/x:1", platform=platform,
+    out = image.write_image_archive(tree, tmp_path / "img.tar", tag="me/x:1",
+                                    platform=Platform.parse(platform),
                                     config=image.base_config(Cmd=["sh"]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tar", "tree"]
     with tarfile.open(out) as tf:

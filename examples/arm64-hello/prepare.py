@@ -21,17 +21,24 @@ import sys
 from pathlib import Path
 
 from xshim.builder.image import base_config, write_image_archive
-from xshim.shim import arch as archmod
+from xshim.builder.platform import Platform
+from xshim.shim.arch import UnknownPlatformError
 
 
-def fetch_deb(package: str, dest: Path, *, platform: str, suite: str | None = None) -> Path:
+def fetch_deb(package: str, dest: Path, *, platform: Platform, suite: str | None = None) -> Path:
     """Download ``package`` for ``platform`` to ``dest``, verified against the signed archive."""
     from xshim.builder.debian import Archive
 
-    debian_arch = archmod.from_platform(platform).debian
-    _, path = Archive.discover(suite=suite).fetch_package(package, debian_arch)
+    _, path = Archive.discover(suite=suite).fetch_package(package, platform.arch.debian)
     shutil.copyfile(path, dest)
     return dest
+
+
+def _platform(text: str) -> Platform:
+    try:
+        return Platform.parse(text)
+    except UnknownPlatformError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     img.add_argument("tree", type=Path)
     img.add_argument("archive", type=Path)
     img.add_argument("--tag", required=True)
-    img.add_argument("--platform", default="linux/arm64")
+    img.add_argument("--platform", default="linux/arm64", type=_platform)
     deb = sub.add_parser("deb", help="fetch a verified Debian package")
     deb.add_argument("package")
     deb.add_argument("dest", type=Path)
-    deb.add_argument("--platform", default="linux/arm64")
+    deb.add_argument("--platform", default="linux/arm64", type=_platform)
     deb.add_argument("--suite", default=None, help="Debian suite (default: this machine's)")
     args = p.parse_args(argv)
     if args.what == "image":

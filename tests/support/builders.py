@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from xshim.builder import image
+from xshim.builder.platform import Platform
 from xshim.shim import arch as archmod
 
 from . import foreign
@@ -267,7 +268,7 @@ def base_archive(tree: Path, *, tag: str, platform: str, config: Mapping[str, An
     cache.mkdir(parents=True, exist_ok=True)
     out = cache / f"{key}.tar"
     if not out.exists():
-        write_image_archive(tree, out, tag=tag, platform=platform, config=config)
+        write_image_archive(tree, out, tag=tag, platform=Platform.parse(platform), config=config)
     return out
 
 
