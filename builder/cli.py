@@ -310,24 +310,19 @@ as missing). Exits 0 when all is well, 1 naming each problem.
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    import json
+    from .verify import VerifyRequest, run_verify
 
-    from .verify import verify_bundle
-
-    report = verify_bundle(args.dir, root=args.root)
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        sys.stdout.write(report.to_text())
-    return 0 if report.ok else 1
+    ok = run_verify(VerifyRequest(args.dir, root=args.root,
+                                  format="json" if args.json else "text"))
+    return 0 if ok else 1
 
 
 def _parse_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = _add(sub, "verify", "check a shim bundle's integrity and self-containment",
              VERIFY_EPILOG, _cmd_verify)
-    p.add_argument("dir", metavar="DIR", help="the bundle directory")
+    p.add_argument("dir", metavar="DIR", type=Path, help="the bundle directory")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--root", metavar="TREE",
+    p.add_argument("--root", metavar="TREE", type=Path,
                    help="also check that DIR sits at its prefix inside this root filesystem")
 
 

@@ -24,11 +24,13 @@ print as "not found". This check says so beforehand, in words.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TextIO
 
 from ..shim import arch as archmod
 from ..shim import layout as L
@@ -89,6 +91,24 @@ class Report:
             lines.append(f"FAILED: {len(self.problems)} problem(s)")
             lines.extend(f"  {p}" for p in self.problems)
         return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    bundle: Path  # the bundle directory
+    root: Path | None = None  # also check that the bundle sits at its prefix inside this tree
+    format: str = "text"  # the report as text lines or JSON
+
+
+def run_verify(req: VerifyRequest, stdout: TextIO | None = None) -> bool:
+    """Check the bundle and write the report; True when all is well."""
+    stdout = stdout or sys.stdout
+    report = verify_bundle(req.bundle, root=req.root)
+    if req.format == "json":
+        stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        stdout.write(report.to_text())
+    return report.ok
 
 
 def verify_bundle(bundle: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
