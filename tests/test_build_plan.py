@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import pytest
 from xshim.builder import build as plan
@@ -202,7 +203,6 @@ def test_trace_records_are_picked_out_of_the_build_log() -> None:
 
 def test_docker_config_without_credentials_is_not_passed_on(
         tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pathlib import Path
 
     d = Path(str(tmp_path))
     monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
@@ -213,7 +213,6 @@ def test_docker_config_without_credentials_is_not_passed_on(
 
 
 def test_ignore_file_lets_the_bundle_through(tmp_path: object) -> None:
-    from pathlib import Path
 
     ctx = Path(str(tmp_path))
     assert build_run._ignore_text(ctx, ctx / "Dockerfile", ".xshim") is None

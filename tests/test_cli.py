@@ -3,8 +3,10 @@ anything else as one ``xshim: error:`` line, with the traceback only under -v.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from xshim.builder import cli, verify
@@ -67,3 +69,18 @@ def test_the_module_runs_as_a_program(command: str) -> None:
                        capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"usage: xshim {command}"), r.stdout[:200]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_verify_reports_a_directory_that_is_no_bundle(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: bool) -> None:
+    empty = tmp_path
+    assert cli.main(["verify", *(["--json"] if as_json else []), str(empty)]) == 1
+    out = capsys.readouterr().out
+    if as_json:
+        report = json.loads(out)
+        assert report["ok"] is False and report["bundle"] == str(empty)
+        assert [p["check"] for p in report["problems"]] == ["manifest"]
+    else:
+        assert out.splitlines()[0] == f"bundle    {empty}"
+        assert "FAILED: 1 problem(s)" in out and "manifest.json: missing" in out
