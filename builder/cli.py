@@ -13,13 +13,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..shim import arch as archmod
 from ..shim import layout, sigstate
 from ..shim.errors import ShimError
 from ..shim.version import __version__
 from .cli_build import _parse_build, _parse_index
 from .cli_parsers import Formatter, Handler, accelerate_base
 from .cli_parsers import add_command as _add
+from .cli_trace import _parse_trace
 from .errors import InputError, Unavailable
 from .values import (
     MODE_CHOICES,
@@ -27,6 +27,7 @@ from .values import (
     parse_arch_list,
     parse_arches,
     parse_mode,
+    parse_optional_arch,
     parse_platform_list,
 )
 
@@ -72,7 +73,7 @@ def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--platform",
         metavar="P",
-        type=_optional_arch,
+        type=parse_optional_arch,
         help="the rootfs's platform, e.g. linux/arm64 (default: read from the rootfs's /bin/sh)",
     )
     p.add_argument(
@@ -326,79 +327,6 @@ def _parse_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="also check that DIR sits at its prefix inside this root filesystem")
 
 
-# --- xshim trace ---------------------------------------------------------------------------------
-
-TRACE_EPILOG = """\
-examples:
-  xshim run --rootfs /var/tmp/arm64 --trace t.jsonl -- apt-get install -y curl
-  xshim trace summary t.jsonl
-  xshim trace tree --failed build.log
-  xshim trace slow -n 20 t.jsonl
-  xshim trace export --format perfetto -o build.trace.json build.log   # ui.perfetto.dev
-  xshim trace export --format svg -o build.svg build.log
-  docker build --build-arg XSHIM_TRACE=log -f Dockerfile.xshim . 2>&1 | tee build.log
-
-FILE is a JSONL trace (XSHIM_TRACE=FILE, xshim run --trace FILE) or a saved build log of a build
-run with --build-arg XSHIM_TRACE=log (docker, BuildKit with --progress=plain, buildah, podman);
-several files are read as one trace, - is stdin, FILE.gz is decompressed. XSHIM_TRACE=log+hash
-(XSHIM_TRACE_HASH=1 outside a build) adds the sha256 of every program run. Exits 2 naming the
-file and line when a file holds no records or a malformed one.
-"""
-
-TRACE_VIEWS = {
-    "summary": "execs, CPU and wall time, per architecture, top programs by own CPU and by count",
-    "tree": "the process tree: command, duration, CPU, exit status",
-    "slow": "the slowest processes with their ancestry",
-    "export": "a timeline: Chrome Trace Event JSON (Perfetto) or an SVG picture",
-}
-
-
-def _cmd_trace(args: argparse.Namespace) -> int:
-    from .trace_cmd import TraceRequest, run_trace
-
-    run_trace(TraceRequest(
-        view=args.trace_view, files=tuple(args.files), format=args.format, output=args.output,
-        failed=getattr(args, "failed", False), count=getattr(args, "n", 10),
-    ))
-    return 0
-
-
-def _optional_arch(text: str) -> archmod.Arch | None:
-    """--platform P where an empty value means "not given" (read from the tree)."""
-    return parse_arch(text) if text else None
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
-
-
-def _parse_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = _add(sub, "trace", "read exec traces: what a foreign build ran, where its time went, "
-             "why it failed", TRACE_EPILOG, _cmd_trace)
-    views = p.add_subparsers(dest="trace_view", metavar="VIEW", required=True)
-    for name, help in TRACE_VIEWS.items():
-        v = views.add_parser(name, help=help, description=help, epilog=TRACE_EPILOG,
-                             formatter_class=Formatter)
-        v.add_argument("files", nargs="+", metavar="FILE", help="JSONL traces or build logs")
-        if name == "export":
-            v.add_argument("--format", choices=["perfetto", "svg"], default="perfetto",
-                           help="perfetto: Chrome Trace Event JSON; svg: a picture")
-        else:
-            v.add_argument("--format", choices=["text", "json"], default="text",
-                           help="text for people, json for CI (default: text)")
-        v.add_argument("-o", "--output", metavar="OUT",
-                       help="write here (atomically) instead of stdout")
-        if name == "tree":
-            v.add_argument("--failed", action="store_true",
-                           help="only the paths from the root to each failing or signalled process")
-        if name in ("slow", "summary"):
-            v.add_argument("-n", type=_positive, default=10, metavar="N",
-                           help="how many to list (default: 10)")
-
-
-
 # --- registry ------------------------------------------------------------------------------------
 
 PARSERS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
@@ -441,21 +369,20 @@ def exit_status(e: ShimError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     sigstate.original()  # the caller's signal state, before anything installs a handler
-    parser = build_parser()
     args_list = sys.argv[1:] if argv is None else list(argv)
+    # A guess before parsing, for an error while parsing; the parsed option once there is one
+    # (a command's own -v, as in xshim run -- ls -v, is not ours).
     verbose = any(a in ("-v", "--verbose") for a in args_list)
     try:
         # The type= converters raise InputError for bad values (a platform the table lacks).
-        args = parser.parse_args(args_list)
-    except ShimError as e:
-        return _report(e.message, e.hint, exit_status(e), verbose)
-    level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="xshim: %(message)s", stream=sys.stderr)
-    handler: Handler = args.handler
-    try:
+        args = build_parser().parse_args(args_list)
+        verbose = args.verbose
+        level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
+        logging.basicConfig(level=level, format="xshim: %(message)s", stream=sys.stderr)
+        handler: Handler = args.handler
         return handler(args)
     except ShimError as e:
-        return _report(e.message, e.hint, exit_status(e), args.verbose)
+        return _report(e.message, e.hint, exit_status(e), verbose)
     except KeyboardInterrupt:
         print("xshim: interrupted", file=sys.stderr)
         return 130
@@ -464,11 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_stdout()
         return 1
     except OSError as e:
-        return _report(_describe_os_error(e), None, 1, args.verbose)
+        return _report(_describe_os_error(e), None, 1, verbose)
     except Exception as e:
         return _report(f"internal error: {type(e).__name__}: {e}",
-                       None if args.verbose else "run with -v to see where it happened",
-                       1, args.verbose)
+                       None if verbose else "run with -v to see where it happened",
+                       1, verbose)
 
 
 def _report(message: str, hint: str | None, code: int, verbose: bool) -> int:

@@ -151,9 +151,9 @@ digest is looked up in the first -t's repository. Prints the index digest.
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from .oci_index import create_index
+    from .oci_index import IndexRequest, create_index
 
-    digest, per_platform = create_index(args.tag, args.source)
+    digest, per_platform = create_index(IndexRequest(tuple(args.tag), tuple(args.source)))
     for name, d in sorted(per_platform.items()):
         print(f"{name}: {d}", file=sys.stderr)
     print(digest)

@@ -239,8 +239,18 @@ def source_refs(sources: Sequence[str], tags: Sequence[str]) -> list[str]:
     return out
 
 
-def create_index(tags: Sequence[str], sources: Sequence[str]) -> tuple[str, dict[str, str]]:
+@dataclass(frozen=True)
+class IndexRequest:
+    """``xshim index create``: the images (``sha256:...`` or ``REPOSITORY@sha256:...``) and
+    where the index goes."""
+
+    tags: tuple[str, ...]
+    sources: tuple[str, ...]
+
+
+def create_index(req: IndexRequest) -> tuple[str, dict[str, str]]:
     """``xshim index create``: one index of the given images, pushed to every tag."""
+    tags, sources = req.tags, req.sources
     if not tags:
         raise InputError("index create needs -t NAME", "use -t registry/app:1")
     if not sources:

@@ -49,6 +49,11 @@ def parse_arches(values: Iterable[str | list[Arch]]) -> list[Arch]:
     return out
 
 
+def parse_optional_arch(text: str) -> Arch | None:
+    """``--platform P`` where an empty value means "not given" (``xshim run`` reads the tree)."""
+    return parse_arch(text) if text else None
+
+
 def parse_platform_list(text: str) -> tuple[Platform, ...]:
     """A build's target platforms as ``docker buildx build --platform`` takes them:
     ``linux/amd64,linux/arm64`` -> Platforms in order; an empty value gives none (the option's
@@ -74,6 +79,13 @@ def parse_target_platforms(values: Iterable[str | Sequence[Platform]], host: Arc
                 raise InputError(f"--platform: {p.name} is given twice", "list each platform once")
             out.append(p)
     return tuple(out) or (Platform.of(host),)
+
+
+def parse_positive(text: str) -> int:
+    """``-n N``: a whole number from 1 up, refused in argparse's words otherwise."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 MODE_CHOICES = tuple(m.value for m in Mode)
