@@ -32,9 +32,6 @@ from .platform import Platform
 
 BUILDERS = ("auto", "buildx", "docker", "buildah", "podman")
 PROGRESS = ("auto", "plain", "quiet")
-# Where the bundle sits in the generated context; another name is chosen when the user's context
-# already has one of that name.
-BUNDLE_DIR = ".xshim"
 # The named build context that carries the bundle to BuildKit (mount mode). A fixed name, so that
 # the patched RUN lines, and with them BuildKit's cache keys, are the same from build to build.
 BUNDLE_CONTEXT = "xshim-bundle"
@@ -192,7 +189,7 @@ class PlatformPlan:
 
 
 @dataclass(frozen=True)
-class Layout:
+class WorkPaths:
     """Where build_run puts things; the plan writes these paths into the command lines.
 
     Each map goes from the platform name to that platform's path or name.
@@ -237,7 +234,7 @@ def plan_platform(text: str, platform: Platform, mode: Mode, bundle: str, host: 
     return PlatformPlan(platform, False, result.text, tuple(emulated))
 
 
-def builder_argv(builder: str, req: BuildRequest, p: PlatformPlan, layout: Layout,
+def builder_argv(builder: str, req: BuildRequest, p: PlatformPlan, paths: WorkPaths,
                  program: str) -> tuple[list[str], dict[str, str]]:
     """One platform's build: (argv, extra environment)."""
     name = p.platform.name
@@ -257,14 +254,14 @@ def builder_argv(builder: str, req: BuildRequest, p: PlatformPlan, layout: Layou
         if req.secrets:
             raise InputError("--secret needs BuildKit; the legacy Docker builder has none",
                              "use --builder buildah or podman")
-        argv = [program, "build", "--platform", name, "-f", layout.dockerfile[name],
-                "--iidfile", layout.iidfile[name], "-t", layout.image_name[name], "--force-rm"]
+        argv = [program, "build", "--platform", name, "-f", paths.dockerfile[name],
+                "--iidfile", paths.iidfile[name], "-t", paths.image_name[name], "--force-rm"]
         if req.pull is True:
             argv.append("--pull")
         env["DOCKER_BUILDKIT"] = "0"
     elif builder in ("buildah", "podman"):
-        argv = [program, "build", "--platform", name, "-f", layout.dockerfile[name],
-                "--iidfile", layout.iidfile[name], "-t", layout.image_name[name]]
+        argv = [program, "build", "--platform", name, "-f", paths.dockerfile[name],
+                "--iidfile", paths.iidfile[name], "-t", paths.image_name[name]]
         if req.pull is True:
             argv.append("--pull-always")
         elif req.pull is False:
@@ -277,14 +274,14 @@ def builder_argv(builder: str, req: BuildRequest, p: PlatformPlan, layout: Layou
         # are refused there, so each platform is loaded and the index is assembled afterwards,
         # as for the legacy builder. Plain progress: build_run reads the steps out of it.
         argv = [program, "buildx", "build", "--progress", "plain", "--platform", name,
-                "-f", layout.dockerfile[name], "--iidfile", layout.iidfile[name],
-                "-t", layout.image_name[name], "--load"]
+                "-f", paths.dockerfile[name], "--iidfile", paths.iidfile[name],
+                "-t", paths.image_name[name], "--load"]
         if req.pull is True:
             argv.append("--pull")
         for s in req.secrets:
             argv += ["--secret", f"id={s.id},src={s.src}"]
-        if not p.native and layout.bundle_context:
-            argv += ["--build-context", f"{BUNDLE_CONTEXT}={layout.bundle_context}"]
+        if not p.native and paths.bundle_context:
+            argv += ["--build-context", f"{BUNDLE_CONTEXT}={paths.bundle_context}"]
     else:
         raise InputError(f"--builder {builder}: unknown builder",
                          "use --builder auto, buildx, docker, buildah or podman")
@@ -296,7 +293,7 @@ def builder_argv(builder: str, req: BuildRequest, p: PlatformPlan, layout: Layou
         argv.append("--no-cache")
     if req.network:
         argv += ["--network", req.network]
-    argv.append(layout.context[name])
+    argv.append(paths.context[name])
     return argv, env
 
 
@@ -307,10 +304,10 @@ def plan_platforms(req: BuildRequest, mode: Mode, text: str, host: archmod.Arch,
 
 
 def with_commands(plans: Sequence[PlatformPlan], builder: str, req: BuildRequest,
-                  layout: Layout, program: str) -> list[PlatformPlan]:
+                  paths: WorkPaths, program: str) -> list[PlatformPlan]:
     out = []
     for p in plans:
-        argv, env = builder_argv(builder, req, p, layout, program)
+        argv, env = builder_argv(builder, req, p, paths, program)
         out.append(PlatformPlan(p.platform, p.native, p.dockerfile_text, p.emulated,
                                 tuple(argv), env))
     return out

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..shim import arch as archmod
+from ..shim import layout as L
 from ..shim import tracelog
 from . import build as plan
 from . import oci_index, tools
@@ -121,10 +122,11 @@ def _ignore_text(context: Path, dockerfile: Path, bundle: str) -> str | None:
 
 
 def bundle_name(context: Path) -> str:
-    """A bundle directory name the user's context does not already use."""
-    name = plan.BUNDLE_DIR
+    """Where the bundle sits in the generated context: the usual name, or another one when the
+    user's context already has one of that name."""
+    name = L.DEFAULT_DIR
     while os.path.lexists(context / name):
-        name = f"{plan.BUNDLE_DIR}-{secrets.token_hex(4)}"
+        name = f"{L.DEFAULT_DIR}-{secrets.token_hex(4)}"
     return name
 
 
@@ -323,7 +325,7 @@ def _build_in(req: plan.BuildRequest, builder: str, program: str,
         build_bundle(gen / bundle, plan.emulated_arches(plans),
                      accelerate=Path(req.accelerate) if req.accelerate else None)
     names = {p.platform.name: p.platform.name.replace("/", "-") for p in plans}
-    layout = plan.Layout(
+    paths = plan.WorkPaths(
         context={p.platform.name: str(context if p.native else gen) for p in plans},
         dockerfile={p.platform.name: (str(Path(req.dockerfile).resolve()) if p.native
                                       else str(work / f"Dockerfile.{names[p.platform.name]}"))
@@ -334,12 +336,12 @@ def _build_in(req: plan.BuildRequest, builder: str, program: str,
     )
     own_ignore = Path(f"{Path(req.dockerfile).resolve()}.dockerignore")
     for p in foreign:
-        path = Path(layout.dockerfile[p.platform.name])
+        path = Path(paths.dockerfile[p.platform.name])
         path.write_text(p.dockerfile_text, encoding="utf-8", errors="surrogateescape")
         if named and own_ignore.is_file():
             # BuildKit reads <Dockerfile>.dockerignore beside the Dockerfile it is given.
             shutil.copyfile(own_ignore, f"{path}.dockerignore")
-    plans = plan.with_commands(plans, builder, req, layout, program)
+    plans = plan.with_commands(plans, builder, req, paths, program)
     for p in plans:
         log.info("%s: %s", p.platform.name,
                  "native" if p.native else
@@ -351,15 +353,15 @@ def _build_in(req: plan.BuildRequest, builder: str, program: str,
         write_atomic(req.trace, "".join(json.dumps(r, separators=(",", ":")) + "\n"
                                         for r in records).encode())
         log.info("trace: %d records in %s", len(records), req.trace)
-    built = [layout.image_name[p.platform.name] for p, o in zip(plans, outcomes, strict=True)
+    built = [paths.image_name[p.platform.name] for p, o in zip(plans, outcomes, strict=True)
              if o.returncode == 0]
     try:
         message = failure_message(outcomes)
         if message:
             raise BuildFailed(message, "the builder's output above has the details")
-        ids = {p.platform.name: _image_id(layout.iidfile[p.platform.name], p.platform.name)
+        ids = {p.platform.name: _image_id(paths.iidfile[p.platform.name], p.platform.name)
                for p in plans}
-        return _deliver(req, builder, program, plans, layout, ids, work)
+        return _deliver(req, builder, program, plans, paths, ids, work)
     finally:
         loaded = req.output.kind is plan.Output.LOAD or (
             req.output.kind is plan.Output.NONE and len(plans) == 1)
@@ -378,7 +380,7 @@ def _image_id(path: str, platform: str) -> str:
 
 
 def _deliver(req: plan.BuildRequest, builder: str, program: str,
-             plans: Sequence[plan.PlatformPlan], layout: plan.Layout, ids: Mapping[str, str],
+             plans: Sequence[plan.PlatformPlan], paths: plan.WorkPaths, ids: Mapping[str, str],
              work: Path) -> BuildResult:
     out = req.output
     tags = list(req.tags)
@@ -386,7 +388,7 @@ def _deliver(req: plan.BuildRequest, builder: str, program: str,
     if out.kind is plan.Output.LOAD or (out.kind is plan.Output.NONE and len(plans) == 1):
         (p,) = plans
         for t in tags:
-            tools.run([program, "tag", layout.image_name[p.platform.name], t])
+            tools.run([program, "tag", paths.image_name[p.platform.name], t])
         print(f"{p.platform.name}: loaded {ids[p.platform.name]}"
               + (f" as {', '.join(tags)}" if tags else ""), file=sys.stderr)
     elif out.push_by_digest:
@@ -395,12 +397,12 @@ def _deliver(req: plan.BuildRequest, builder: str, program: str,
             d = work / f"push-{p.platform.name.replace('/', '-')}"
             d.mkdir()
             digest = oci_index.push_by_digest(
-                _entry_ref(builder, program, layout.image_name[p.platform.name], work), repo, d)
+                _entry_ref(builder, program, paths.image_name[p.platform.name], work), repo, d)
             result.platform_digests[p.platform.name] = digest
             print(f"{p.platform.name}: pushed {repo}@{digest}", file=sys.stderr)
     elif out.kind in (plan.Output.REGISTRY, plan.Output.OCI):
         entries = [oci_index.Entry(_entry_ref(builder, program,
-                                              layout.image_name[p.platform.name], work),
+                                              paths.image_name[p.platform.name], work),
                                    p.platform.os, p.platform.architecture,
                                    p.platform.index_variant) for p in plans]
         if out.kind is plan.Output.OCI:

@@ -17,7 +17,7 @@ from ..shim import layout, sigstate
 from ..shim.errors import ShimError
 from ..shim.version import __version__
 from .cli_build import _parse_build, _parse_index
-from .cli_parsers import Formatter, Handler, accelerate_base
+from .cli_parsers import Formatter, Handler, accelerate_base, add_accelerate
 from .cli_parsers import add_command as _add
 from .cli_trace import _parse_trace
 from .errors import InputError, Unavailable
@@ -285,12 +285,9 @@ def _parse_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    "instead of the host suite's, checked against the signed archive")
     p.add_argument("--rebuild", action="store_true",
                    help="freeze the supervisor again even when it is cached")
-    p.add_argument("--accelerate", action="store_true",
-                   help="add native twins for the programs of the --base tree (the host build "
+    add_accelerate(p, "add native twins for the programs of the --base tree (the host build "
                    "of the same Debian package version, for xz, gzip, tar, dpkg-deb, the sums, "
-                   "cc1, as); off by default")
-    p.add_argument("--base", metavar="TREE",
-                   help="with --accelerate: the unpacked root filesystem of the base image")
+                   "cc1, as)")
 
 
 # --- xshim verify ---------------------------------------------------------------------------------

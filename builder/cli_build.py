@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .build import parse_output, parse_pull, parse_secret
-from .cli_parsers import accelerate_base
+from .build import BUILDERS, PROGRESS, parse_output, parse_pull, parse_secret
+from .cli_parsers import accelerate_base, add_accelerate
 from .cli_parsers import add_command as _add
 from .values import (
     BUILD_MODE_CHOICES,
@@ -119,20 +119,16 @@ def _parse_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--metadata-file", metavar="FILE",
                    help="write the digests (index and per platform) as JSON")
     p.add_argument("--iidfile", metavar="FILE", help="write the index digest (or image id)")
-    p.add_argument("--progress", default="auto", choices=["auto", "plain", "quiet"],
+    p.add_argument("--progress", default="auto", choices=PROGRESS,
                    help="the builders' output, prefixed per platform, or none (quiet)")
-    p.add_argument("--builder", default="auto",
-                   choices=["auto", "buildx", "docker", "buildah", "podman"],
+    p.add_argument("--builder", default="auto", choices=BUILDERS,
                    help="buildx: BuildKit (docker buildx build); docker: the legacy builder "
                    "(DOCKER_BUILDKIT=0); default auto")
     p.add_argument("--mode", default="auto", type=parse_build_mode,
                    metavar="{" + ",".join(BUILD_MODE_CHOICES) + "}",
                    help="how foreign stages reach the shim (auto: mount where the builder can)")
-    p.add_argument("--accelerate", action="store_true",
-                   help="bundle native twins for the programs of the --base tree (see "
-                   "'xshim bundle --help'); off by default")
-    p.add_argument("--base", metavar="TREE",
-                   help="with --accelerate: the unpacked root filesystem of the base image")
+    add_accelerate(p, "bundle native twins for the programs of the --base tree (see "
+                   "'xshim bundle --help')")
     p.add_argument("--trace", metavar="FILE",
                    help="collect every foreign exec of every platform's build as JSON lines")
 

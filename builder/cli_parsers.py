@@ -27,6 +27,13 @@ def add_command(
     return p
 
 
+def add_accelerate(p: argparse.ArgumentParser, what: str) -> None:
+    """--accelerate and --base, which go together (``accelerate_base`` checks the pair)."""
+    p.add_argument("--accelerate", action="store_true", help=what + "; off by default")
+    p.add_argument("--base", metavar="TREE",
+                   help="with --accelerate: the unpacked root filesystem of the base image")
+
+
 def accelerate_base(accelerate: bool, base: str | None) -> str | None:
     """The base tree of --accelerate --base, checked as a pair."""
     if not accelerate:

@@ -85,9 +85,9 @@ def test_a_constant_foreign_stage_is_patched_in_the_native_build() -> None:
     assert "source=.xshim-1,target=/.xshim" in p.dockerfile_text
 
 
-def _layout(plans: list[plan.PlatformPlan]) -> plan.Layout:
+def _layout(plans: list[plan.PlatformPlan]) -> plan.WorkPaths:
     names = [p.platform.name for p in plans]
-    return plan.Layout(context={n: "/w/ctx" for n in names},
+    return plan.WorkPaths(context={n: "/w/ctx" for n in names},
                        dockerfile={n: f"/w/Dockerfile.{n}" for n in names},
                        iidfile={n: f"/w/iid.{n}" for n in names},
                        image_name={n: f"localhost/x:{n.replace('/', '-')}" for n in names})
@@ -236,7 +236,7 @@ def test_buildkit_command_line_takes_the_bundle_as_a_named_context() -> None:
     assert native.native and native.dockerfile_text == TEXT
     assert f"--mount=type=bind,from={named},target=/.xshim" in foreign.dockerfile_text
     layout = _layout(plans)
-    layout = plan.Layout(layout.context, layout.dockerfile, layout.iidfile, layout.image_name,
+    layout = plan.WorkPaths(layout.context, layout.dockerfile, layout.iidfile, layout.image_name,
                          bundle_context="/w/bundle")
     a, b = plan.with_commands(plans, "buildx", req, layout, "docker")
     assert list(b.argv[:4]) == ["docker", "buildx", "build", "--progress"]
