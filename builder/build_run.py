@@ -37,7 +37,7 @@ from ..shim import layout as L
 from ..shim import tracelog
 from . import build as plan
 from . import oci_index, tools
-from .errors import InputError, MissingToolError, XshimError
+from .errors import BuildFailed, InputError, MissingToolError
 from .fsutil import write_atomic
 
 log = logging.getLogger("xshim")
@@ -52,10 +52,6 @@ _BK_LINE = re.compile(r"^#(\d+) ")
 _BK_FAILED = re.compile(r"^ > \[[^\]]*\d+/\d+\] (.*):$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STATUS = re.compile(r"(?:returned a non-zero code|exit status|exit code):?\s*(\d+)")
-
-
-class BuildFailed(XshimError):
-    """A platform's build failed; the message names the platform, the step and its status."""
 
 
 def _buildx_answers(docker: str) -> str | None:

@@ -3,11 +3,13 @@
 Every error the builder raises on purpose is an ``XshimError``, which has the shape of the shim's
 ``shim.errors.ShimError`` (a message and a hint) and derives from it. The three kinds of failure
 are its subclasses here: ``InputError`` (bad input or usage, nothing written; with a place in a
-file: ``SourceError``), ``Unavailable`` (something this host lacks: ``MissingToolError``,
-``PrivilegeError``, ``qemu.MissingEmulatorError``) and the work itself failing (``ToolFailedError``,
-``BundleError``, ``FreezeError``, ...). The Debian archive client's kinds (``ArchiveError`` and its
-subclasses) are here too, shared by ``debian.py`` and ``deb.py``; ``qemu.MissingEmulatorError``
-stays beside the code that raises it. All derive from these. The Dockerfile lexer's
+file: ``SourceError``; a ``--qemu`` file that is no emulator: ``NotAnEmulatorError``),
+``Unavailable`` (something this host lacks: ``MissingToolError``, ``PrivilegeError``,
+``qemu.MissingEmulatorError``) and the work itself failing (``ToolFailedError``, ``BuildFailed``,
+``ImageIndexError``, ``BundleError``, ``FreezeError``, ...). The Debian archive client's kinds
+(``ArchiveError`` and its subclasses) are here too, shared by ``debian.py`` and ``deb.py``;
+``qemu.MissingEmulatorError`` stays beside the code that raises it, as its message and hint are
+made from qemu.py's package names. All derive from these. The Dockerfile lexer's
 ``LexError`` and ``ShellError`` stay internal to the pure rewriter, which turns them into
 ``SourceError`` with the file and line.
 
@@ -74,6 +76,19 @@ class ToolFailedError(XshimError):
         super().__init__(msg)
         self.argv = argv
         self.returncode = returncode
+
+
+class BuildFailed(XshimError):
+    """A platform's ``xshim build`` failed; the message names the platform, the step and its
+    status."""
+
+
+class ImageIndexError(XshimError):
+    """Assembling or pushing an image index failed (the tool's own words are in the message)."""
+
+
+class NotAnEmulatorError(InputError):
+    """A --qemu path that can't serve as an emulator."""
 
 
 class BundleError(XshimError):

@@ -26,13 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from . import tools
-from .errors import InputError, XshimError
+from .errors import ImageIndexError, InputError
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-class IndexError_(XshimError):
-    """Assembling or pushing the index failed (the tool's own words are in the message)."""
 
 
 @dataclass(frozen=True)
@@ -95,9 +91,9 @@ class ManifestTool:
         proc = _run(self.argv(*args))
         out = proc.stdout.decode(errors="replace") if proc.stdout else ""
         if proc.returncode != 0:
-            raise IndexError_(f"{self.program} {' '.join(args[:2])} failed "
-                              f"(exit status {proc.returncode}):\n  "
-                              + "\n  ".join(out.strip().splitlines()[-8:]))
+            raise ImageIndexError(f"{self.program} {' '.join(args[:2])} failed "
+                                  f"(exit status {proc.returncode}):\n  "
+                                  + "\n  ".join(out.strip().splitlines()[-8:]))
         return out
 
 
@@ -136,8 +132,8 @@ def assemble(tool: ManifestTool, entries: Sequence[Entry], destinations: Sequenc
                 tool.run("manifest", "push", "--all", "--digestfile", f, name, dest)
                 digest = Path(f).read_text().strip() if os.path.exists(f) else ""
                 if not _DIGEST.fullmatch(digest):
-                    raise IndexError_(f"{tool.program} manifest push to {dest} reported success "
-                                      "but no digest")
+                    raise ImageIndexError(f"{tool.program} manifest push to {dest} reported "
+                                          "success but no digest")
         return digest
     finally:
         # Not tool.run: a failed clean-up must not hide why the push failed.
@@ -149,8 +145,8 @@ def inspect_raw(ref: str) -> dict[str, Any]:
     proc = _run(skopeo("inspect", "--raw", ref))
     out = proc.stdout.decode(errors="replace") if proc.stdout else ""
     if proc.returncode != 0:
-        raise IndexError_(f"skopeo inspect {ref} failed (exit status {proc.returncode}):\n  "
-                          + "\n  ".join(out.strip().splitlines()[-5:]))
+        raise ImageIndexError(f"skopeo inspect {ref} failed (exit status {proc.returncode}):\n  "
+                              + "\n  ".join(out.strip().splitlines()[-5:]))
     data = json.loads(out)
     assert isinstance(data, dict)
     return data
@@ -160,8 +156,9 @@ def inspect_config(ref: str) -> dict[str, Any]:
     proc = _run(skopeo("inspect", "--config", "--raw", ref))
     out = proc.stdout.decode(errors="replace") if proc.stdout else ""
     if proc.returncode != 0:
-        raise IndexError_(f"skopeo inspect --config {ref} failed (exit status "
-                          f"{proc.returncode}):\n  " + "\n  ".join(out.strip().splitlines()[-5:]))
+        raise ImageIndexError(f"skopeo inspect --config {ref} failed (exit status "
+                              f"{proc.returncode}):\n  "
+                              + "\n  ".join(out.strip().splitlines()[-5:]))
     data = json.loads(out)
     assert isinstance(data, dict)
     return data
@@ -190,8 +187,8 @@ def from_docker_daemon(docker: str, image: str, archive: Path) -> str:
     proc = tools.run([docker, "save", "-o", str(archive), image], check=False)
     if proc.returncode != 0:
         out = proc.stdout.decode(errors="replace") if proc.stdout else ""
-        raise IndexError_(f"reading {image} out of the Docker daemon failed:\n  "
-                          + "\n  ".join(out.strip().splitlines()[-5:]))
+        raise ImageIndexError(f"reading {image} out of the Docker daemon failed:\n  "
+                              + "\n  ".join(out.strip().splitlines()[-5:]))
     return f"docker-archive:{archive}"
 
 
@@ -204,7 +201,7 @@ def push_by_digest(src: str, repository: str, workdir: Path) -> str:
     layout = workdir / "oci"
     proc = _run(skopeo("copy", "--quiet", src, f"oci:{layout}:image"))
     if proc.returncode != 0:
-        raise IndexError_(f"copying {src} failed:\n  " + "\n  ".join(
+        raise ImageIndexError(f"copying {src} failed:\n  " + "\n  ".join(
             (proc.stdout or b"").decode(errors="replace").strip().splitlines()[-5:]))
     index = json.loads((layout / "index.json").read_text())
     digest = str(index["manifests"][0]["digest"])
@@ -212,8 +209,8 @@ def push_by_digest(src: str, repository: str, workdir: Path) -> str:
                        f"docker://{repository}@{digest}"))
     if proc.returncode != 0:
         out = proc.stdout.decode(errors="replace") if proc.stdout else ""
-        raise IndexError_(f"pushing {digest} to {repository} failed:\n  "
-                          + "\n  ".join(out.strip().splitlines()[-5:]))
+        raise ImageIndexError(f"pushing {digest} to {repository} failed:\n  "
+                              + "\n  ".join(out.strip().splitlines()[-5:]))
     return digest
 
 

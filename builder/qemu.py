@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ..shim import arch as archmod
 from ..shim.arch import Arch, NotElfError
-from .errors import InputError, Unavailable
+from .errors import InputError, NotAnEmulatorError, Unavailable
 
 if TYPE_CHECKING:
     from . import debian
@@ -61,10 +61,6 @@ class MissingEmulatorError(Unavailable):
         )
         self.arches = tuple(arches)
         self.why = why
-
-
-class NotAnEmulatorError(InputError):
-    """A --qemu path that can't serve as an emulator."""
 
 
 def target_from_name(path: Path) -> str:

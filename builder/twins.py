@@ -36,7 +36,6 @@ from ..shim.arch import Arch
 from ..shim.ptrace import open_in_root
 from . import debian, elf
 from .dpkgdb import TRIPLETS, Database, Installed
-from .errors import XshimError
 from .fsutil import sha256_file, write_atomic
 
 log = logging.getLogger("xshim")
@@ -54,10 +53,6 @@ BIN_DIRS = ("/bin/", "/usr/bin/")
 # cc1plus is left out: the cross compiler's C++ headers are looked for under /usr/<triplet>, and
 # -iprefix does not move them to where the guest's are (/usr/include/c++).
 CROSS = (("cpp-", "cc1"),)
-
-
-class TwinError(XshimError):
-    """Twins could not be prepared."""
 
 
 @dataclass(frozen=True)
