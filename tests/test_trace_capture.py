@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -19,10 +18,8 @@ from xshim.builder.trace_read import parse, read_files
 from xshim.builder.trace_views import total_cpu
 from xshim.shim.tracelog import MARK
 
-pytestmark = [pytest.mark.integration, pytest.mark.root]
-
-if os.geteuid() != 0:
-    pytest.skip("xshim run needs root (chroot and mounts)", allow_module_level=True)
+pytestmark = [pytest.mark.integration,
+              pytest.mark.root(reason="xshim run needs root (chroot and mounts)")]
 
 XSHIM = shutil.which("xshim") or "xshim"
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}

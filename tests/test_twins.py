@@ -190,11 +190,9 @@ def _installed(tree: Path) -> list[str]:
 
 
 @pytest.mark.integration
-@pytest.mark.root
+@pytest.mark.root(reason="xshim run needs root")
 @pytest.mark.slow
 def test_dpkg_install_and_tools_are_identical_with_twins(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("xshim run needs root")
     archive = foreign.archive_or_skip()
     debs = tmp_path / "debs"
     debs.mkdir()
@@ -319,15 +317,13 @@ uint32_t check(const struct rec *r, size_t n) {
 
 
 @pytest.mark.integration
-@pytest.mark.root
+@pytest.mark.root(reason="xshim run needs root")
 @pytest.mark.slow
 def test_cc1_output_is_identical_with_its_cross_twin(tmp_path: Path) -> None:
     """riscv64 trixie: the guest's cc1 and Debian's cross cc1 built from the same gcc version
     write the same assembly, debug information included, for the same input and options."""
     from support import trees
 
-    if os.geteuid() != 0:
-        pytest.skip("xshim run needs root")
     archive = foreign.archive_or_skip("trixie")
     tree = foreign.copy_tree(trees.finished("riscv64"), tmp_path / "rootfs")
     (tree / "tmp/debs").mkdir()
