@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 from ..shim import arch as archmod
 from .dockerfile import TRACE_ARG, Mode, Options, patch
@@ -152,7 +153,7 @@ class BuildRequest:
     builder: str = "auto"
     mode: Mode | None = None  # None: auto (resolve_mode)
     trace: str | None = None
-    accelerate: str | None = None  # the base tree whose programs get native twins
+    accelerate: Path | None = None  # the base tree whose programs get native twins
 
 
 def check_request(req: BuildRequest) -> None:

@@ -319,7 +319,7 @@ def _build_in(req: plan.BuildRequest, builder: str, program: str,
             (gen / ".dockerignore").unlink(missing_ok=True)
             (gen / ".dockerignore").write_text(ignore, encoding="utf-8", errors="surrogateescape")
         build_bundle(gen / bundle, plan.emulated_arches(plans),
-                     accelerate=Path(req.accelerate) if req.accelerate else None)
+                     accelerate=req.accelerate)
     names = {p.platform.name: p.platform.name.replace("/", "-") for p in plans}
     paths = plan.WorkPaths(
         context={p.platform.name: str(context if p.native else gen) for p in plans},

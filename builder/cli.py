@@ -247,10 +247,6 @@ An older bundle in DIR is replaced atomically; anything else there is left alone
 """
 
 
-def _path(p: str | None) -> Path | None:
-    return Path(p) if p else None
-
-
 def _cmd_bundle(args: argparse.Namespace) -> int:
     from .bundle import BundleRequest, run_bundle
 
@@ -260,7 +256,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         qemu=tuple(args.qemu),
         rebuild=args.rebuild,
-        accelerate=_path(accelerate_base(args.accelerate, args.base)),
+        accelerate=accelerate_base(args.accelerate, args.base),
         qemu_suite=args.qemu_suite,
     ))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 from .errors import InputError
 
@@ -34,7 +35,7 @@ def add_accelerate(p: argparse.ArgumentParser, what: str) -> None:
                    help="with --accelerate: the unpacked root filesystem of the base image")
 
 
-def accelerate_base(accelerate: bool, base: str | None) -> str | None:
+def accelerate_base(accelerate: bool, base: str | None) -> Path | None:
     """The base tree of --accelerate --base, checked as a pair."""
     if not accelerate:
         if base:
@@ -45,4 +46,4 @@ def accelerate_base(accelerate: bool, base: str | None) -> str | None:
         raise InputError("--accelerate needs the base image's tree: twins are the host builds "
                          "of the exact package versions installed there",
                          "add --base TREE (the unpacked root filesystem of the base image)")
-    return base
+    return Path(base)
