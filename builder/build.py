@@ -3,11 +3,10 @@
 Pure: nothing here touches the disk or runs a program. The command line gives a ``BuildRequest``
 of typed values (builder/cli_build.py parses the options, ``parse_output`` and ``parse_secret``
 among its converters); ``check_request`` refuses combinations that cannot work; ``plan_platform``
-decides, per platform, whether the host
-runs it natively (the user's Dockerfile as it is) or through the shim (the Dockerfile patched
-for that platform, with the bundle in a generated build context), and writes the builder's
-command line. builder/build_run.py carries the plan out; builder/oci_index.py assembles the
-per-platform images into one index.
+decides, per platform, whether the host runs it natively (the user's Dockerfile as it is) or
+through the shim (the Dockerfile patched for that platform, with the bundle in a generated build
+context), and ``builder_argv`` writes the builder's command line. builder/build_run.py carries
+the plan out; builder/oci_index.py assembles the per-platform images into one index.
 
 The user's files are never changed: the patched Dockerfiles and the bundle live in a private
 temporary directory. How the bundle reaches the build depends on the builder. BuildKit (``docker

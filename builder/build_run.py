@@ -397,10 +397,10 @@ def _deliver(req: plan.BuildRequest, builder: str, program: str,
             result.platform_digests[p.platform.name] = digest
             print(f"{p.platform.name}: pushed {repo}@{digest}", file=sys.stderr)
     elif out.kind in (plan.Output.REGISTRY, plan.Output.OCI):
-        entries = [oci_index.Entry(_entry_ref(builder, program,
-                                              paths.image_name[p.platform.name], work),
-                                   p.platform.os, p.platform.architecture,
-                                   p.platform.index_variant) for p in plans]
+        entries = [oci_index.IndexEntry(_entry_ref(builder, program,
+                                                   paths.image_name[p.platform.name], work),
+                                        p.platform.os, p.platform.architecture,
+                                        p.platform.index_variant) for p in plans]
         if out.kind is plan.Output.OCI:
             dest_path = Path(out.dest or "").absolute()
             tmp = work / "out.tar"

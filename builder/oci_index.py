@@ -32,7 +32,7 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
-class Entry:
+class IndexEntry:
     """One image to list: where to read it and the platform to record for it."""
 
     ref: str  # a containers/image transport reference
@@ -111,14 +111,14 @@ def private_tool(program: str = "buildah") -> Iterator[ManifestTool]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def add_argv(tool: ManifestTool, name: str, e: Entry) -> list[str]:
+def add_argv(tool: ManifestTool, name: str, e: IndexEntry) -> list[str]:
     argv = ["manifest", "add", "--os", e.os, "--arch", e.architecture]
     if e.variant:
         argv += ["--variant", e.variant]
     return [*argv, name, e.ref]
 
 
-def assemble(tool: ManifestTool, entries: Sequence[Entry], destinations: Sequence[str],
+def assemble(tool: ManifestTool, entries: Sequence[IndexEntry], destinations: Sequence[str],
              name: str) -> str:
     """Make the list ``name``, push it with its images to each destination; its digest."""
     tool.run("manifest", "create", name)
@@ -259,7 +259,7 @@ def create_index(req: IndexRequest) -> tuple[str, dict[str, str]]:
         cfg = inspect_config(ref)
         arch = str(cfg.get("architecture") or "")
         variant = str(cfg.get("variant") or ("v8" if arch == "arm64" else ""))
-        entries.append(Entry(ref, str(cfg.get("os") or "linux"), arch, variant))
+        entries.append(IndexEntry(ref, str(cfg.get("os") or "linux"), arch, variant))
     seen: dict[str, str] = {}
     for e in entries:
         if e.platform in seen:
