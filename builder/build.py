@@ -29,6 +29,7 @@ from ..shim import arch as archmod
 from .dockerfile import TRACE_ARG, Mode, Options, patch
 from .errors import InputError
 from .platform import Platform
+from .qemu import check_suite
 
 BUILDERS = ("auto", "buildx", "docker", "buildah", "podman")
 PROGRESS = ("auto", "plain", "quiet")
@@ -153,6 +154,7 @@ class BuildRequest:
     mode: Mode | None = None  # None: auto (resolve_mode)
     trace: str | None = None
     accelerate: Path | None = None  # the base tree whose programs get native twins
+    qemu_suite: str | None = None  # the Debian suite whose qemu-user the bundle ships
 
 
 def check_request(req: BuildRequest) -> None:
@@ -168,6 +170,8 @@ def check_request(req: BuildRequest) -> None:
     if out.push_by_digest and len(req.tags) != 1:
         raise InputError("--push-by-digest needs exactly one -t naming the repository",
                          "use e.g. -t registry.example/app --push-by-digest")
+    if req.qemu_suite is not None:
+        check_suite(req.qemu_suite)
     if req.progress not in PROGRESS:
         raise InputError(f"--progress {req.progress!r}", "use auto, plain or quiet")
     for tag in req.tags:

@@ -309,7 +309,8 @@ def _build_in(req: plan.BuildRequest, builder: str, program: str,
     foreign = [p for p in plans if not p.native]
     gen = context if named else work / "context"
     if foreign and named:
-        build_bundle(work / "bundle", plan.emulated_arches(plans))
+        build_bundle(work / "bundle", plan.emulated_arches(plans), accelerate=req.accelerate,
+                     qemu_suite=req.qemu_suite)
     elif foreign:
         gen.mkdir()
         _copy_context(context, gen)
@@ -318,8 +319,8 @@ def _build_in(req: plan.BuildRequest, builder: str, program: str,
             # Unlinked first: it may be a hard link to the user's own file.
             (gen / ".dockerignore").unlink(missing_ok=True)
             (gen / ".dockerignore").write_text(ignore, encoding="utf-8", errors="surrogateescape")
-        build_bundle(gen / bundle, plan.emulated_arches(plans),
-                     accelerate=req.accelerate)
+        build_bundle(gen / bundle, plan.emulated_arches(plans), accelerate=req.accelerate,
+                     qemu_suite=req.qemu_suite)
     names = {p.platform.name: p.platform.name.replace("/", "-") for p in plans}
     paths = plan.WorkPaths(
         context={p.platform.name: str(context if p.native else gen) for p in plans},

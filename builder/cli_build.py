@@ -24,6 +24,7 @@ examples:
   xshim build --platform linux/arm64 --load -t app:arm64 .
   xshim build --builder docker --platform linux/amd64,linux/arm64 -t reg/app:1 --push .
   xshim build --builder buildx --network host --platform linux/arm64 --load -t app .
+  xshim build --qemu-suite trixie --platform linux/arm64 --load -t app .
   # CI, one runner per platform, then one index:
   xshim build --platform linux/arm64 -t reg/app --push-by-digest --metadata-file m.json .
   xshim index create -t reg/app:1 sha256:<amd64 digest> sha256:<arm64 digest>
@@ -77,6 +78,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         mode=args.mode,
         trace=args.trace,
         accelerate=accelerate_base(args.accelerate, args.base),
+        qemu_suite=args.qemu_suite,
     ))
     if result.index_digest:
         print(result.index_digest)
@@ -129,6 +131,10 @@ def _parse_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="how foreign stages reach the shim (auto: mount where the builder can)")
     add_accelerate(p, "bundle native twins for the programs of the --base tree (see "
                    "'xshim bundle --help')")
+    p.add_argument("--qemu-suite", metavar="SUITE",
+                   help="bundle the qemu-user of this Debian suite (e.g. trixie for qemu 10, "
+                   "which emulates execveat) instead of the host suite's, checked against the "
+                   "signed archive (see 'xshim bundle --help')")
     p.add_argument("--trace", metavar="FILE",
                    help="collect every foreign exec of every platform's build as JSON lines")
 

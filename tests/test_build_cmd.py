@@ -385,6 +385,40 @@ def test_failing_run_names_the_platform_and_status(env: Any, name: str, tmp_path
     assert not (tmp_path / "x.tar").exists()
 
 
+EXECVEAT = """\
+FROM xshim-test/debian:arm64
+COPY execveat_dirfd /opt/
+RUN /opt/execveat_dirfd /bin/uname -m > /machine && cat /machine
+"""
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("name", ["buildah", "buildkit"])  # generated context; named context
+def test_qemu_suite_puts_that_suites_qemu_in_the_bundle(env: Any, name: str,
+                                                        tmp_path: Path) -> None:
+    """--qemu-suite trixie: the build's bundle carries trixie's qemu-user (10.0), which passes a
+    guest's execveat on to the shim; bookworm's 7.2 (the default) answers ENOSYS and the RUN
+    step fails."""
+    e = env(name)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    shutil.copyfile(foreign.guest_programs("arm64")["execveat_dirfd"], ctx / "execveat_dirfd")
+    os.chmod(ctx / "execveat_dirfd", 0o755)
+    (ctx / "Dockerfile").write_text(EXECVEAT)
+    trace = tmp_path / "trace.jsonl"
+    r = e.build("--platform", "linux/arm64", "--qemu-suite", "trixie", "--load",
+                "-t", f"xshim-test/qemu-suite:{name}", "--trace", str(trace),
+                "--progress", "plain", "--no-cache", str(ctx))
+    assert r.returncode == 0, r.output[-3000:]
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    uname = [rec for rec in records if rec["event"] == "exec"
+             and os.path.basename(str(rec.get("path", ""))) == "uname"]
+    # The guest's execveat reached the shim through qemu (the bundle names every emulator
+    # qemu-<target>-static, whichever package it came from).
+    assert [(rec["decision"], rec["argv"]) for rec in uname] == [
+        ("emulate", ["/bin/uname", "-m"])], uname
+
+
 def test_push_by_digest_then_index_create(env: Any, context: Path,
                                           registry: multiarch.Registry, tmp_path: Path) -> None:
     """The CI matrix: one invocation per platform, then one index of both."""

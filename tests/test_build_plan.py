@@ -192,6 +192,44 @@ def test_the_build_request_holds_typed_values(monkeypatch: pytest.MonkeyPatch) -
     assert default.pull is None and default.output.kind is plan.Output.NONE
 
 
+class _Stop(Exception):
+    """Raised by the stand-in for the bundle maker: what it was asked for is all a test needs."""
+
+
+@pytest.mark.parametrize("builder", ["buildah", "buildx"])  # generated context; named context
+def test_qemu_suite_and_twins_reach_the_bundle(builder: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from xshim.builder import bundle
+
+    asked: dict[str, object] = {}
+
+    def make(out: object, platforms: object, **kw: object) -> None:
+        asked.update(kw, platforms=platforms)
+        raise _Stop
+
+    monkeypatch.setattr(bundle, "build_bundle", make)
+    monkeypatch.setattr(build_run, "detect_builder", lambda choice: (builder, "docker"))
+    monkeypatch.setattr(build_run.tools, "find", lambda program, why: f"/usr/bin/{program}")
+    (tmp_path / "Dockerfile").write_text(TEXT)
+    (tmp_path / "base").mkdir()
+    argv = ["build", "--builder", builder, "--platform", "linux/arm64", "--qemu-suite", "trixie",
+            "--accelerate", "--base", str(tmp_path / "base"), str(tmp_path)]
+    assert main(argv) == 1 and "_Stop" in capsys.readouterr().err
+    assert asked == {"platforms": [archmod.from_platform("linux/arm64")],
+                     "qemu_suite": "trixie", "accelerate": tmp_path / "base"}
+    asked.clear()
+    assert main([*argv[:5], str(tmp_path)]) == 1
+    assert asked["qemu_suite"] is None and asked["accelerate"] is None
+
+
+def test_a_bad_qemu_suite_is_refused_before_anything_is_built(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", "--platform", "linux/arm64", "--qemu-suite", "Trixie/updates",
+                 "/nonexistent"]) == 2
+    assert "--qemu-suite 'Trixie/updates': not a Debian suite name" in capsys.readouterr().err
+
+
 def test_trace_records_are_picked_out_of_the_build_log() -> None:
     from xshim.shim.tracelog import MARK
 
