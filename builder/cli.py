@@ -102,7 +102,7 @@ def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--accelerate", action="store_true",
                    help="run native twins (the host build of the same Debian package version) "
                    "for programs whose output does not depend on the CPU: xz, gzip, tar, "
-                   "dpkg-deb, the sums, cc1, as; every decision is in the trace")
+                   "dpkg-deb, the sums, cc1, cc1plus, as; every decision is in the trace")
     p.add_argument("command", nargs="+", metavar="CMD", help="the command and its arguments")
 
 
@@ -283,7 +283,7 @@ def _parse_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="freeze the supervisor again even when it is cached")
     add_accelerate(p, "add native twins for the programs of the --base tree (the host build "
                    "of the same Debian package version, for xz, gzip, tar, dpkg-deb, the sums, "
-                   "cc1, as)")
+                   "cc1, cc1plus, as)")
 
 
 # --- xshim verify ---------------------------------------------------------------------------------

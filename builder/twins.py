@@ -40,7 +40,7 @@ from .fsutil import sha256_file, write_atomic
 
 log = logging.getLogger("xshim")
 
-RECIPE = "5"  # bump when the way twins are made changes
+RECIPE = "6"  # bump when the way twins are made changes
 TWIN_DIR = "twin"  # relative to a bundle, or /dev/.xshim for xshim run
 EXE = "exe"
 LIB = "lib"
@@ -50,9 +50,7 @@ SAME = ("xz", "gzip", "bzip2", "zstd", "tar", "md5sum", "sha1sum", "sha224sum", 
         "sha384sum", "sha512sum", "b2sum", "dpkg-deb")
 BIN_DIRS = ("/bin/", "/usr/bin/")
 # The compiler proper: guest package prefix -> program, Debian's cross compiler package for it.
-# cc1plus is left out: the cross compiler's C++ headers are looked for under /usr/<triplet>, and
-# -iprefix does not move them to where the guest's are (/usr/include/c++).
-CROSS = (("cpp-", "cc1"),)
+CROSS = (("cpp-", "cc1"), ("g++-", "cc1plus"))
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,10 @@ class Candidate:
     host_path: str  # the twin's path in that package
     built_using: str = ""  # cross: "gcc-12 (= 12.2.0-14)" must be in the host's Built-Using
     args: tuple[str, ...] = ()  # put before the caller's arguments (shim/twins.py)
+    env: tuple[str, ...] = ()  # the rest: where the twin searches what the guest's searches
+    unless: tuple[str, ...] = ()
+    pinned: tuple[str, ...] = ()
+    empty_dirs: tuple[str, ...] = ()
 
 
 def _real_path(root: Path, path: str) -> str | None:
@@ -136,11 +138,42 @@ def _add(db: Database, listed: str, host_of: object, out: dict[str, Candidate],
         skipped.append({"guest": real, "reason": f"{pkg.name} has no cross twin"})
         return
     host_package, host_path, built_using = mapped
-    args: tuple[str, ...] = ()
-    if built_using:  # the cross compiler finds its own headers (stddef.h...) where the guest's are
+    if built_using:
         parts = listed.split("/")
-        args = ("-iprefix", f"/usr/lib/gcc/{parts[4]}/{parts[5]}/")
-    out[real] = Candidate(real, pkg, host_package, host_path, built_using, args)
+        out[real] = Candidate(real, pkg, host_package, host_path, built_using,
+                              **compiler_search(parts[6], parts[4], parts[5]))
+    else:
+        out[real] = Candidate(real, pkg, host_package, host_path)
+
+
+def compiler_search(program: str, triplet: str, major: str) -> dict[str, tuple[str, ...]]:
+    """What makes Debian's cross compiler proper search the guest compiler's header directories,
+    in the same order and as the same kind of directory, and when it cannot.
+
+    The cross compiler finds its own headers (stddef.h...) where the guest's are when told their
+    prefix (-iprefix). It does not search /usr/local/include (Debian leaves it out of cross
+    compilers), so the twin is used only while that holds nothing; nor does it know the guest's
+    C++ headers (it looks under /usr/<triplet>/include/c++): those are named in
+    CPLUS_INCLUDE_PATH, after any the caller names, which GCC searches just before its standard
+    directories and marks as C++-aware system directories, as the native compiler's own C++
+    directories are (-isystem would not: its headers' line markers say implicit extern "C").
+    Options and variables that move or drop the standard directories (a sysroot, another
+    prefix or multilib, -nostdinc, another C++ library, a relocated GCC_EXEC_PREFIX) would move
+    them differently in the two compilers: with those the guest's own compiler runs.
+    """
+    out: dict[str, tuple[str, ...]] = {
+        "args": ("-iprefix", f"/usr/lib/gcc/{triplet}/{major}/"),
+        "unless": ("-iprefix", "-isysroot", "--sysroot", "-imultilib", "GCC_EXEC_PREFIX="),
+        "pinned": (f"-imultiarch={triplet}",),
+        "empty_dirs": ("/usr/local/include", "/usr/lib/gcc-cross"),
+    }
+    if program == "cc1plus":
+        cxx = (f"/usr/include/c++/{major}", f"/usr/include/{triplet}/c++/{major}",
+               f"/usr/include/c++/{major}/backward")
+        out["env"] = ("CPLUS_INCLUDE_PATH=" + ":".join(cxx),)
+        out["unless"] += ("-nostdinc", "-stdlib")
+        out["empty_dirs"] += (f"/usr/{triplet}/include/c++",)
+    return out
 
 
 # -- the archive side --------------------------------------------------------------------------
@@ -242,6 +275,10 @@ def _resolve(db: Database, cands: list[Candidate], debs: _Debs, guest: Arch,
             skipped.append({"guest": c.guest, "reason": why})
             continue
         guest_file = db.root / c.guest.lstrip("/")
+        if c.env and not _debian_cxx_dirs(guest_file, c.guest):
+            skipped.append({"guest": c.guest, "reason": "its C++ header directories are not "
+                            "Debian's (/usr/include/c++/N, /usr/include/<triplet>/c++/N)"})
+            continue
         digest = sha256_file(guest_file)
         rel = f"{EXE}{c.host_path}"
         out.programs[rel] = program
@@ -250,8 +287,20 @@ def _resolve(db: Database, cands: list[Candidate], debs: _Debs, guest: Arch,
         out.loader = os.path.basename(loader)
         out.twins.append(shimtwins.Twin(
             c.guest, rel, digest, guest_file.stat().st_size, c.package.name, c.package.version,
-            info.name, info.version, c.args))
+            info.name, info.version, c.args, c.env, c.unless, c.pinned, c.empty_dirs))
     return out
+
+
+def _debian_cxx_dirs(guest_file: Path, guest: str) -> bool:
+    """Whether the guest's cc1plus has Debian's C++ header directories compiled in, as GCC
+    writes them before it makes them canonical: the ones CPLUS_INCLUDE_PATH names for its
+    twin."""
+    _, _, _, _, triplet, major, _ = guest.split("/")
+    top = f"/usr/lib/gcc/{triplet}/{major}/../../../../include"
+    want = [f"{top}/c++/{major}\0", f"{top}/{triplet}/c++/{major}\0",
+            f"{top}/c++/{major}/backward\0"]
+    data = guest_file.read_bytes()
+    return all(w.encode() in data for w in want)
 
 
 def _libraries(db: Database, debs: _Debs, own: debian.PackageInfo, program: bytes,
@@ -328,7 +377,8 @@ def _cache_key(cands: list[Candidate], skipped: list[dict[str, str]], inside: st
     for c in cands:
         st = (root / c.guest.lstrip("/")).stat()
         h.update(f"{c.guest} {c.package.name}={c.package.version} {c.host_package} "
-                 f"{st.st_size} {st.st_mtime_ns}\n".encode())
+                 f"{st.st_size} {st.st_mtime_ns} {c.args} {c.env} {c.unless} {c.pinned} "
+                 f"{c.empty_dirs}\n".encode())
     return h.hexdigest()[:24]
 
 

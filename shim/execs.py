@@ -250,9 +250,11 @@ class Execs:
         # Taken for this round only: a descriptor not used now (the exec was left to the
         # kernel after all) is never used later, when its number may name another file.
         fd = self.emu_fds.pop(pid, None) if self.emu_fds else None
-        if (outcome.twin is not None and outcome.twin.path and fd is None
-                and twinexec.exec_twin(self, pid, outcome, argv_p, envp_p, shown)):
-            return
+        if outcome.twin is not None and outcome.twin.path and fd is None:
+            why = twinexec.exec_twin(self, pid, outcome, argv_p, envp_p, shown)
+            if why is None:
+                return
+            outcome = outcome._replace(twin=outcome.twin._replace(path=b"", reason=why))
         if outcome.elsewhere and fd is None:
             self._hand_over(pid, regs, shown, outcome.emulator)
             return

@@ -232,6 +232,18 @@ class Planner:
         if found is not None and found.path and fs.view is not None:
             # A tracee /proc hides may have a root of its own, where the twin's path fails.
             return found._replace(path=b"", reason="the tracee's root cannot be seen")
+        if found is not None and found.path:
+            for d in found.twin.empty_dirs:
+                if fs.holds_anything(root_fd, d.encode()):
+                    return found._replace(path=b"", reason=f"{d} is not empty, and only one "
+                                          "of the program and its twin searches it there")
+            # Directories named in its environment: the guest compiler names its own by their
+            # canonical paths.
+            for item in found.twin.env:
+                for d in item.split("=", 1)[1].split(":"):
+                    if fs.through_symlink(root_fd, d.encode()):
+                        return found._replace(path=b"", reason=f"{d} is reached through a "
+                                              "symlink")
         return found
 
     def _classify(self, header: bytes) -> Kind:

@@ -88,6 +88,41 @@ class Opener:
     def open_in_root(self, root_fd: int, path: bytes) -> int:
         return pt.open_in_root(root_fd, path, os.O_RDONLY)
 
+    def holds_anything(self, root_fd: int, path: bytes) -> bool:
+        """Whether the directory ``path`` inside ``root_fd`` has entries. A missing path, or one
+        that is not a directory, holds nothing; one that cannot be read counts as holding some."""
+        try:
+            fd = pt.open_in_root(root_fd, path, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError:
+            return True
+        try:
+            return bool(os.listdir(fd))
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+
+    def through_symlink(self, root_fd: int, path: bytes) -> bool:
+        """Whether ``path`` inside ``root_fd``, as far as it exists, passes through a symlink
+        (so that its canonical name is another)."""
+        at = b""
+        for part in path.strip(b"/").split(b"/"):
+            at += b"/" + part
+            try:
+                fd = pt.open_in_root(root_fd, at, os.O_PATH | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                return False
+            except OSError:
+                return True
+            try:
+                if stat.S_ISLNK(os.fstat(fd).st_mode):
+                    return True
+            finally:
+                os.close(fd)
+        return False
+
     def cloexec(self, pid: int, fd: int) -> bool:
         """Whether the tracee's descriptor ``fd`` is close-on-exec."""
         if self.view is not None:

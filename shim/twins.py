@@ -42,10 +42,22 @@ class Twin(NamedTuple):
     # Arguments put before the caller's argv[1:]: the cross compiler is told where the guest's
     # own compiler keeps its headers (-iprefix), which it would otherwise look for elsewhere.
     args: tuple[str, ...] = ()
+    # "NAME=VALUE": VALUE added at the end of the caller's NAME (the guest compiler's own C++
+    # header directories, which the cross compiler does not know, as CPLUS_INCLUDE_PATH).
+    env: tuple[str, ...] = ()
+    # Where the guest program would search other directories than its twin: an argument that
+    # starts with one of these, or the environment naming one that ends in "=", and the twin
+    # is not used.
+    unless: tuple[str, ...] = ()
+    # "-opt=value": wherever the argument -opt is given, the next one must be value.
+    pinned: tuple[str, ...] = ()
+    # Directories only one of the two searches: the twin is used only while they hold nothing.
+    empty_dirs: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out = dict(self._asdict())
-        out["args"] = list(self.args)
+        for f in _LISTS:
+            out[f] = list(getattr(self, f))
         return out
 
     @classmethod
@@ -53,19 +65,56 @@ class Twin(NamedTuple):
         if not isinstance(item, dict):
             raise TwinMapError(f"bad twin entry {item!r}")
         try:
-            values = {f: item[f] for f in cls._fields if f != "args"}
+            values = {f: item[f] for f in cls._fields if f not in _LISTS}
         except KeyError as e:
             raise TwinMapError(f"twin entry {item.get('guest')!r} lacks {e}") from None
-        args = item.get("args") or []
+        lists = {f: item.get(f) or [] for f in _LISTS}
         if not all(isinstance(v, str) for k, v in values.items() if k != "size") or not (
-                isinstance(values["size"], int) and values["size"] >= 0) or not (
-                isinstance(args, list) and all(isinstance(a, str) for a in args)):
+                isinstance(values["size"], int) and values["size"] >= 0) or not all(
+                isinstance(v, list) and all(isinstance(a, str) for a in v)
+                for v in lists.values()):
             raise TwinMapError(f"twin entry {item.get('guest')!r}: bad field types")
-        values["args"] = tuple(args)
+        values.update((f, tuple(v)) for f, v in lists.items())
         twin = posixpath.normpath(values["twin"])
         if twin.startswith(("/", "..")) or not values["guest"].startswith("/"):
             raise TwinMapError(f"twin entry {values['guest']!r}: bad paths")
         return cls(**values)
+
+
+_LISTS = ("args", "env", "unless", "pinned", "empty_dirs")
+
+
+def refusal(t: Twin, argv: list[bytes], env: list[bytes]) -> str:
+    """Why the twin would not do what the guest program does with this argv and environment
+    (a reason for the trace), or "" when it would."""
+    prefixes = tuple(u.encode() for u in t.unless if not u.endswith("="))
+    pins = dict(p.encode().split(b"=", 1) for p in t.pinned)
+    for i, a in enumerate(argv[1:], 1):
+        if prefixes and a.startswith(prefixes):
+            return f"its caller passes {os.fsdecode(a)}"
+        if a in pins and argv[i + 1:i + 2] != [pins[a]]:
+            return (f"its caller passes {os.fsdecode(a)} with another value than "
+                    f"{os.fsdecode(pins[a])}")
+    names = tuple(u.encode() for u in t.unless if u.endswith("="))
+    for e in env:
+        if names and e.startswith(names):
+            return f"the environment sets {os.fsdecode(e.split(b'=', 1)[0])}"
+    return ""
+
+
+def environment(t: Twin, env: list[bytes]) -> list[tuple[int, bytes]]:
+    """The entries of the twin's environment that differ from ``env``: (the index of the entry
+    it replaces, or -1 for a new one at the end; the entry). A value is added after the caller's
+    own, so that what the caller names is searched first, as by the guest program; a caller's
+    empty value is replaced (GCC reads an empty element as the current directory)."""
+    out = []
+    for item in t.env:
+        name, value = item.encode().split(b"=", 1)
+        key = name + b"="
+        at = next((i for i, e in enumerate(env) if e.startswith(key)), -1)
+        old = env[at][len(key):] if at >= 0 else b""
+        out.append((at, key + (old + b":" + value if old else value)))
+    return out
 
 
 def dumps(twins: list[Twin], skipped: list[dict[str, str]]) -> str:

@@ -103,6 +103,51 @@ def test_a_map_of_another_format_is_refused(tmp_path: Path) -> None:
         shimtwins.load(str(tmp_path / "map.json"))
 
 
+def _compiler_twin() -> shimtwins.Twin:
+    from xshim.builder import twins
+
+    limits = twins.compiler_search("cc1plus", "aarch64-linux-gnu", "14")
+    return shimtwins.Twin("/usr/libexec/gcc/aarch64-linux-gnu/14/cc1plus", "exe/cc1plus", "0", 1,
+                          "g++-14", "14.2.0-19", "g++-14-aarch64-linux-gnu", "14.2.0-19cross1",
+                          **limits)
+
+
+def test_the_cxx_twin_is_told_the_guest_headers_after_the_callers_own() -> None:
+    t = _compiler_twin()
+    ours = (b"/usr/include/c++/14:/usr/include/aarch64-linux-gnu/c++/14:"
+            b"/usr/include/c++/14/backward")
+    assert shimtwins.environment(t, [b"PATH=/bin"]) == [(-1, b"CPLUS_INCLUDE_PATH=" + ours)]
+    # After the caller's directories, as GCC searches the variable's before its own; an empty
+    # value is no directory (an empty element would be the current one).
+    env = [b"A=1", b"CPLUS_INCLUDE_PATH=/opt/inc", b"CPLUS_INCLUDE_PATH=/later"]
+    assert shimtwins.environment(t, env) == [(1, b"CPLUS_INCLUDE_PATH=/opt/inc:" + ours)]
+    assert shimtwins.environment(t, [b"CPLUS_INCLUDE_PATH="]) == [
+        (0, b"CPLUS_INCLUDE_PATH=" + ours)]
+    assert t.args == ("-iprefix", "/usr/lib/gcc/aarch64-linux-gnu/14/")
+    assert "/usr/local/include" in t.empty_dirs
+    assert shimtwins.Twin.from_json(json.loads(json.dumps(t.to_json()))) == t
+
+
+@pytest.mark.parametrize(("argv", "env", "why"), [
+    ([b"cc1plus", b"-quiet", b"-imultiarch", b"aarch64-linux-gnu", b"k.cpp"], [], ""),
+    ([b"cc1plus", b"-nostdinc++", b"k.cpp"], [], "its caller passes -nostdinc++"),
+    ([b"cc1plus", b"-nostdinc", b"k.cpp"], [], "its caller passes -nostdinc"),
+    ([b"cc1plus", b"-isysroot/opt/sys", b"k.cpp"], [], "its caller passes -isysroot/opt/sys"),
+    ([b"cc1plus", b"-iprefix", b"/x/", b"k.cpp"], [], "its caller passes -iprefix"),
+    ([b"cc1plus", b"-stdlib=libc++", b"k.cpp"], [], "its caller passes -stdlib=libc++"),
+    ([b"cc1plus", b"-imultiarch", b"foo", b"k.cpp"], [], "with another value than aarch64"),
+    ([b"cc1plus", b"k.cpp", b"-imultiarch"], [], "with another value than aarch64"),
+    ([b"cc1plus", b"k.cpp"], [b"GCC_EXEC_PREFIX=/usr/bin/../lib/gcc/"],
+     "the environment sets GCC_EXEC_PREFIX"),
+    # A file named like an option is only an argument where it starts with '-'.
+    ([b"cc1plus", b"x-nostdinc.cpp"], [b"X_GCC_EXEC_PREFIX=1"], ""),
+])
+def test_the_compiler_twin_is_not_used_where_the_caller_moves_the_standard_directories(
+        argv: list[bytes], env: list[bytes], why: str) -> None:
+    got = shimtwins.refusal(_compiler_twin(), argv, env)
+    assert why in got if why else got == ""
+
+
 class _Index:
     """An archive stand-in for the version choice: a Packages index and nothing else."""
 
@@ -166,6 +211,33 @@ def test_candidates_map_cc1_to_the_cross_compiler(tmp_path: Path) -> None:
         "cpp-12-aarch64-linux-gnu", "/usr/lib/gcc-cross/aarch64-linux-gnu/12/cc1",
         "gcc-12 (= 12.2.0-14)")
     assert by_guest["/usr/bin/gzip"].host_package == "gzip"
+
+
+def test_candidates_map_cc1plus_to_the_cross_compiler_with_the_guest_cxx_headers(
+        tmp_path: Path) -> None:
+    from xshim.builder import twins
+    from xshim.shim.arch import from_platform, host_arch
+
+    cc1plus = "/usr/libexec/gcc/aarch64-linux-gnu/14/cc1plus"
+    (tmp_path / cc1plus.lstrip("/")).parent.mkdir(parents=True)
+    (tmp_path / cc1plus.lstrip("/")).write_bytes(b"x")
+    db = dpkgdb.Database(tmp_path, {
+        "g++-14-aarch64-linux-gnu:arm64": dpkgdb.Installed("g++-14-aarch64-linux-gnu",
+                                                           "14.2.0-19", "arm64"),
+    }, {cc1plus: "g++-14-aarch64-linux-gnu:arm64"})
+    (c,), skipped = twins.candidates(db, from_platform("linux/arm64"), host_arch())
+    assert not skipped
+    assert (c.host_package, c.host_path, c.built_using) == (
+        "g++-14-aarch64-linux-gnu", "/usr/libexec/gcc-cross/aarch64-linux-gnu/14/cc1plus",
+        "gcc-14 (= 14.2.0-19)")
+    assert c.env == ("CPLUS_INCLUDE_PATH=/usr/include/c++/14:"
+                     "/usr/include/aarch64-linux-gnu/c++/14:/usr/include/c++/14/backward",)
+    # Only a cc1plus that has Debian's C++ directories compiled in.
+    assert not twins._debian_cxx_dirs(tmp_path / cc1plus.lstrip("/"), cc1plus)
+    top = "/usr/lib/gcc/aarch64-linux-gnu/14/../../../../include"
+    (tmp_path / cc1plus.lstrip("/")).write_bytes(
+        f"x\0{top}/c++/14\0{top}/aarch64-linux-gnu/c++/14\0{top}/c++/14/backward\0".encode())
+    assert twins._debian_cxx_dirs(tmp_path / cc1plus.lstrip("/"), cc1plus)
 
 
 # -- integration ---------------------------------------------------------------------------------
@@ -348,3 +420,102 @@ def test_cc1_output_is_identical_with_its_cross_twin(tmp_path: Path) -> None:
     out = (tree / "tmp/k-plain.s").read_bytes()
     assert b".file" in out and b"crc" in out
     assert out == (tree / "tmp/k-twin.s").read_bytes()
+
+
+CC1PLUS_DEBS = ("g++-14-riscv64-linux-gnu", "libisl23", "libmpc3", "libmpfr6", "libgcc-14-dev",
+                "libstdc++-14-dev", "libc6-dev", "linux-libc-dev")
+
+CXX_SOURCES = {
+    "t.cpp": r"""
+#include <algorithm>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+template <typename T> struct Acc { T total{}; void add(const T &v) { total += v; } };
+template <typename K, typename V> V sum_values(const std::map<K, V> &m) {
+    Acc<V> a;
+    for (const auto &kv : m) a.add(kv.second);
+    return a.total;
+}
+int main(int argc, char **argv) {
+    std::vector<std::string> words(argv, argv + argc);
+    std::sort(words.begin(), words.end());
+    std::map<std::string, int> lens;
+    for (const auto &w : words) lens[w] = static_cast<int>(w.size());
+    std::cout << sum_values(lens) << ' ' << (words.empty() ? "" : words[0]) << '\n';
+}
+""",
+    # <cstdlib> and <cmath> reach the C library's stdlib.h and math.h through #include_next.
+    "n.cpp": r"""
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+double f(double x) { return std::sqrt(std::fabs(x)) + std::pow(x, 3) + std::abs(-INT_MAX / 2); }
+int main() {
+    auto p = std::make_unique<char[]>(32);
+    std::snprintf(p.get(), 32, "%.3f", f(std::strtod("2.5", nullptr)));
+    return std::atoi(p.get());
+}
+""",
+}
+
+
+@pytest.mark.integration
+@pytest.mark.root
+@pytest.mark.slow
+def test_cc1plus_output_is_identical_with_its_cross_twin(tmp_path: Path) -> None:
+    """riscv64 trixie: the cross cc1plus, told the guest's C++ header directories, searches
+    exactly the guest cc1plus's directories in its order: the preprocessed output (every line
+    marker and its flags) and the assembly, debug information included, are the same. With a
+    header in /usr/local/include, which the cross compiler does not search, the guest's own
+    compiler runs, and the trace says why."""
+    from support import trees
+
+    if os.geteuid() != 0:
+        pytest.skip("xshim run needs root")
+    archive = foreign.archive_or_skip("trixie")
+    tree = foreign.copy_tree(trees.finished("riscv64"), tmp_path / "rootfs")
+    (tree / "tmp/debs").mkdir()
+    for name in CC1PLUS_DEBS:
+        _info, deb = archive.fetch_package(name, "riscv64")
+        shutil.copy(deb, tree / "tmp/debs" / f"{name}.deb")
+    for name, text in CXX_SOURCES.items():
+        (tree / "tmp" / name).write_text(text)
+    r = _run(tree, "dpkg --force-depends -i /tmp/debs/*.deb")
+    assert r.returncode == 0, r.stdout + r.stderr
+    cc1plus = "/usr/libexec/gcc/riscv64-linux-gnu/14/cc1plus"
+    # As g++ runs it.
+    head = f"{cc1plus} -quiet -imultiarch riscv64-linux-gnu -D_GNU_SOURCE"
+    tail = "-march=rv64gc -mabi=lp64d"
+    compile_ = " && ".join(
+        f"{head} {n} -dumpbase {n} -dumpbase-ext .cpp {tail} -g -O2 -o {n}-{{0}}.s && "
+        f"{head} -E {n} {tail} -o {n}-{{0}}.ii" for n in CXX_SOURCES)
+    plain = _run(tree, "cd /tmp && " + compile_.format("plain"))
+    assert plain.returncode == 0, plain.stderr
+    trace = tmp_path / "cc1plus.jsonl"
+    fast = _run(tree, "cd /tmp && " + compile_.format("twin"), "--accelerate", "--trace",
+                str(trace))
+    assert fast.returncode == 0, fast.stderr
+    twins = [r for r in _records(trace) if r.get("decision") == "twin"]
+    assert [r["path"] for r in twins] == [cc1plus] * 4
+    assert str(twins[0]["host_package"]).startswith("g++-14-riscv64-linux-gnu=14.2.0-")
+    for n in CXX_SOURCES:
+        pre = (tree / f"tmp/{n}-plain.ii").read_bytes()
+        assert b'"/usr/include/c++/14/vector" 1 3\n' in pre or n != "t.cpp"
+        assert b'"/usr/include/stdlib.h" 1 3 4\n' in pre or n != "n.cpp"
+        assert pre == (tree / f"tmp/{n}-twin.ii").read_bytes(), n
+        asm = (tree / f"tmp/{n}-plain.s").read_bytes()
+        assert b".file" in asm and asm == (tree / f"tmp/{n}-twin.s").read_bytes(), n
+    (tree / "usr/local/include").mkdir(parents=True, exist_ok=True)
+    (tree / "usr/local/include/probe.h").write_text("#define PROBE 1\n")
+    (tree / "tmp/p.cpp").write_text("#include <probe.h>\nint p = PROBE;\n")
+    trace = tmp_path / "probe.jsonl"
+    r = _run(tree, f"cd /tmp && {head} -E p.cpp {tail} -o p.ii", "--accelerate", "--trace",
+             str(trace))
+    assert r.returncode == 0, r.stderr
+    (rec,) = [r for r in _records(trace) if r.get("path") == cc1plus]
+    assert rec["decision"] == "emulate"
+    assert str(rec["twin_skipped"]).startswith("/usr/local/include is not empty")
