@@ -159,11 +159,14 @@ def compiler_search(program: str, triplet: str, major: str) -> dict[str, tuple[s
     directories are (-isystem would not: its headers' line markers say implicit extern "C").
     Options and variables that move or drop the standard directories (a sysroot, another
     prefix or multilib, -nostdinc, another C++ library, a relocated GCC_EXEC_PREFIX) would move
-    them differently in the two compilers: with those the guest's own compiler runs.
+    them differently in the two compilers: with those the guest's own compiler runs, as it does
+    to write a precompiled header (a dump of the compiler's memory, not the same across hosts).
     """
     out: dict[str, tuple[str, ...]] = {
         "args": ("-iprefix", f"/usr/lib/gcc/{triplet}/{major}/"),
-        "unless": ("-iprefix", "-isysroot", "--sysroot", "-imultilib", "GCC_EXEC_PREFIX="),
+        "unless": ("-iprefix", "-isysroot", "--sysroot", "-imultilib", "GCC_EXEC_PREFIX=",
+                   # A precompiled header is a memory image of the compiler that writes it.
+                   "--output-pch"),
         "pinned": (f"-imultiarch={triplet}",),
         "empty_dirs": ("/usr/local/include", "/usr/lib/gcc-cross"),
     }

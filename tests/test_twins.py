@@ -137,6 +137,8 @@ def test_the_cxx_twin_is_told_the_guest_headers_after_the_callers_own() -> None:
     ([b"cc1plus", b"-stdlib=libc++", b"k.cpp"], [], "its caller passes -stdlib=libc++"),
     ([b"cc1plus", b"-imultiarch", b"foo", b"k.cpp"], [], "with another value than aarch64"),
     ([b"cc1plus", b"k.cpp", b"-imultiarch"], [], "with another value than aarch64"),
+    ([b"cc1plus", b"h.hpp", b"-o", b"/tmp/x.s", b"--output-pch", b"h.hpp.gch"], [],
+     "its caller passes --output-pch"),
     ([b"cc1plus", b"k.cpp"], [b"GCC_EXEC_PREFIX=/usr/bin/../lib/gcc/"],
      "the environment sets GCC_EXEC_PREFIX"),
     # A file named like an option is only an argument where it starts with '-'.
