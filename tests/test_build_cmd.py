@@ -361,6 +361,24 @@ def test_load_one_foreign_platform_and_run_it(env: Any, name: str, context: Path
     assert r.check().output.splitlines()[-1] == "built by tcc"
 
 
+@pytest.mark.parametrize("name", ["buildah", "buildkit"])
+def test_accelerated_build_runs_twins(env: Any, name: str, context: Path, tmp_path: Path) -> None:
+    """--accelerate reaches the bundle in copy mode (buildah) and in mount mode (BuildKit's
+    named context): dpkg -i's dpkg-deb and tar run as their twins, and the image is the same."""
+    e = env(name)
+    tag = f"xshim-test/twins:{name}"
+    trace = tmp_path / "trace.jsonl"
+    e.build("--platform", "linux/arm64", "--accelerate", "--base", str(multiarch.tree("arm64")),
+            "--load", "-t", tag, "--trace", str(trace), "--progress", "quiet",
+            str(context)).check()
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    twinned = {r["path"].rsplit("/", 1)[1] for r in records
+               if r["event"] == "exec" and r["decision"] == "twin"}
+    assert {"dpkg-deb", "tar"} <= twinned, sorted(twinned)
+    hello = [r for r in records if r["event"] == "exec" and r["path"] == "/usr/bin/hello"]
+    assert hello and all(r["decision"] == "emulate" for r in hello), hello
+
+
 FAILING = """\
 ARG TARGETARCH
 FROM xshim-test/debian:${TARGETARCH}
