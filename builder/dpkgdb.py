@@ -54,6 +54,7 @@ class Database:
     root: Path
     packages: dict[str, Installed]
     owners: dict[str, str] = field(default_factory=dict)  # path as listed -> "name:arch" key
+    _by_name: dict[str, list[str]] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def read(cls, root: Path) -> Database:
@@ -94,5 +95,8 @@ class Database:
 
     def files_named(self, name: str) -> list[str]:
         """Every listed path whose last component is ``name``."""
-        suffix = "/" + name
-        return sorted(p for p in self.owners if p.endswith(suffix))
+        if self._by_name is None:  # one pass over the listed files, not one per name asked
+            self._by_name = {}
+            for p in self.owners:
+                self._by_name.setdefault(p.rpartition("/")[2], []).append(p)
+        return sorted(self._by_name.get(name, ()))

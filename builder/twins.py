@@ -3,8 +3,8 @@ build of the **same Debian package version**, fetched through the signed archive
 self-contained and described in a twin map (shim/twins.py reads it at exec time).
 
 Only programs whose output does not depend on the CPU they run on are candidates (``SAME``,
-``CROSS``); never apt, dpkg's database work, maintainer scripts, uname, interpreters or anything
-configure probes. A candidate becomes a twin only when:
+``FILE_TOOLS``, ``CROSS``); never apt, dpkg's database work, maintainer scripts, uname, interpreters
+or anything configure probes. A candidate becomes a twin only when:
 
 - the guest file belongs to an installed package of the tree's dpkg database;
 - the host architecture's package of exactly that version is in the archive (for the compiler
@@ -46,8 +46,31 @@ EXE = "exe"
 LIB = "lib"
 
 # Programs whose host build is the guest's own package for the host architecture.
+# The rule for this list and FILE_TOOLS: what the program writes (files, output, exit status)
+# follows from its arguments, its input and the files it reads, never from the machine. So no
+# interpreter (python, perl, sh: they run arbitrary code that can ask), nothing that reports the
+# machine (uname, arch, nproc, getconf, ldd), nothing that writes architecture-specific data
+# (ldconfig's cache), nothing that knows dpkg's native architecture for its database (dpkg,
+# dpkg-query: a native package would become a foreign one), no apt, no maintainer script. The
+# only difference a caller can see is `--version` of dpkg-deb and dpkg-split, which names the
+# architecture dpkg was built for. Each program is listed by name after review; a new one needs
+# its reason and a line in the equivalence test (tests/test_twins.py).
 SAME = ("xz", "gzip", "bzip2", "zstd", "tar", "md5sum", "sha1sum", "sha224sum", "sha256sum",
-        "sha384sum", "sha512sum", "b2sum", "dpkg-deb")
+        "sha384sum", "sha512sum", "b2sum",
+        # dpkg's archive tools: they read and write .deb files (and parts of them), whose format
+        # is the same everywhere; dpkg runs dpkg-split on every .deb it installs.
+        "dpkg-deb", "dpkg-split")
+# File tools (coreutils, sed, grep, diffutils) that dpkg, maintainer scripts and build systems run
+# many times for a few milliseconds each: emulated, each exec costs qemu's start-up (about 25 ms)
+# for a millisecond of work. They are twins only where the guest has the host's word size and
+# byte order: a 32-bit guest's time_t, off_t and long are narrower (touch -d 2040 fails there),
+# and a guest of the other byte order has locale data the host's libc cannot read. Left out on
+# purpose: what prints numbers through floating point (printf, seq, sort -g, numfmt, od: long
+# double differs between architectures), what looks up user or group names (ls -l, chown, stat,
+# find -ls, id: the name service modules are the image's, which a twin cannot load), and what
+# reports the machine (uname, arch, nproc, hostid).
+FILE_TOOLS = ("rm", "rmdir", "mkdir", "cp", "mv", "ln", "chmod", "touch", "cat", "readlink",
+              "basename", "dirname", "sed", "grep", "cmp", "diff")
 BIN_DIRS = ("/bin/", "/usr/bin/")
 # The compiler proper: guest package prefix -> program, Debian's cross compiler package for it.
 CROSS = (("cpp-", "cc1"), ("g++-", "cc1plus"))
@@ -93,7 +116,8 @@ def candidates(
     out: dict[str, Candidate] = {}
     skipped: list[dict[str, str]] = []
     triplet = TRIPLETS.get(guest.debian)
-    for name in SAME:
+    same_abi = (guest.elf_class, guest.endian) == (host.elf_class, host.endian)
+    for name in (*SAME, *FILE_TOOLS) if same_abi else SAME:
         for listed in db.files_named(name):
             if not listed.startswith(BIN_DIRS):
                 continue
