@@ -40,6 +40,24 @@ add:
 msg: .asciz "twins"
 """
 
+# Every file tool of builder/twins.py's FILE_TOOLS and dpkg-split at work; their outputs (and
+# error messages, exit statuses, modes and times) are compared between the two trees.
+FILE_TOOLS_SCRIPT = """\
+mkdir -p ft/a/b && cd ft && printf 'one\\ntwo\\nthree\\n' > in.txt \
+&& cat in.txt in.txt > cat.out && sed -e 's/o/0/g' -e 2d in.txt > sed.out \
+&& grep -n -E 't(wo|hree)' in.txt > grep.out && cp -p in.txt a/b/copy.txt \
+&& mv a/b/copy.txt a/moved.txt && ln -s moved.txt a/link && readlink a/link > names.out \
+&& basename /x/y/z.txt .txt >> names.out && dirname /x/y/z.txt >> names.out \
+&& chmod 640 a/moved.txt && touch -d '2001-02-03 04:05:06' a/moved.txt \
+&& mkdir -m 700 made && rmdir made && rm -r a/b \
+&& { cmp in.txt cat.out; echo "cmp $?"; diff in.txt sed.out; echo "diff $?"; \
+     rm missing; echo "rm $?"; grep -q zzz in.txt; echo "grep $?"; } > status.out 2>&1 \
+&& SOURCE_DATE_EPOCH=1000000000 dpkg-split -S 60 -s /tmp/debs/xz-utils.deb part > split.out \
+&& dpkg-split -I part.*.deb > split.info && dpkg-split -j -o joined.deb part.*.deb \
+&& cmp joined.deb /tmp/debs/xz-utils.deb"""
+FILE_TOOLS_USED = {"mkdir", "cat", "sed", "grep", "cp", "mv", "ln", "readlink", "basename",
+                   "dirname", "chmod", "touch", "rmdir", "rm", "cmp", "diff", "dpkg-split"}
+
 # -- units ---------------------------------------------------------------------------------------
 
 
@@ -144,6 +162,30 @@ def test_the_cross_compiler_must_be_built_from_the_guest_gcc_version() -> None:
     assert isinstance(why, str) and "built from gcc-12 (= 12.2.0-14+deb12u1)" in why
 
 
+def test_file_tools_only_on_a_guest_of_the_host_word_size_and_byte_order(tmp_path: Path) -> None:
+    from xshim.builder import twins
+    from xshim.shim.arch import from_platform, host_arch
+
+    files = {"/usr/bin/rm": "coreutils", "/usr/bin/uname": "coreutils", "/usr/bin/ls": "coreutils",
+             "/usr/bin/sed": "sed", "/usr/bin/dpkg-split": "dpkg", "/usr/bin/dpkg": "dpkg",
+             "/usr/bin/dpkg-query": "dpkg", "/usr/bin/perl": "perl-base"}
+    for rel in files:
+        (tmp_path / rel.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel.lstrip("/")).write_bytes(b"x")
+    found = {}
+    for platform, arch in (("linux/arm64", "arm64"), ("linux/arm/v7", "armhf"),
+                           ("linux/s390x", "s390x")):
+        db = dpkgdb.Database(tmp_path, {
+            f"{p}:{arch}": dpkgdb.Installed(p, "1", arch) for p in set(files.values())},
+            {f: f"{p}:{arch}" for f, p in files.items()})
+        got, _ = twins.candidates(db, from_platform(platform), host_arch())
+        found[arch] = {c.guest for c in got}
+    # Never what reports the machine, dpkg's database tools or an interpreter.
+    assert found["arm64"] == {"/usr/bin/rm", "/usr/bin/sed", "/usr/bin/dpkg-split"}
+    # 32-bit (time_t, off_t) or the other byte order: the archive tools only.
+    assert found["armhf"] == found["s390x"] == {"/usr/bin/dpkg-split"}
+
+
 # -- integration ---------------------------------------------------------------------------------
 
 
@@ -184,7 +226,8 @@ def test_dpkg_install_and_tools_are_identical_with_twins(tmp_path: Path) -> None
     accel = ("--accelerate",)
     install = "dpkg -i /tmp/debs/*.deb"
     use = ("cd /tmp && head -c 3000000 /usr/bin/dpkg > data && xz -6 -k data && bzip2 -k data "
-           "&& gzip -9 -n -k data && aarch64-linux-gnu-as -o add.o add.s && sha256sum data > sums")
+           "&& gzip -9 -n -k data && aarch64-linux-gnu-as -o add.o add.s && sha256sum data > sums"
+           f" && {FILE_TOOLS_SCRIPT}")
     for step, cmd in (("install", install), ("use", use)):
         plain = _run(trees["emulated"], cmd)
         assert plain.returncode == 0, plain.stderr
@@ -195,22 +238,33 @@ def test_dpkg_install_and_tools_are_identical_with_twins(tmp_path: Path) -> None
         twins = {Path(str(r["path"])).name for r in recs if r.get("decision") == "twin"}
         start = next(r for r in recs if r["event"] == "start")
         assert "twins" in start, start
-        if step == "install":
-            assert {"dpkg-deb", "tar"} <= twins, twins
+        if step == "install":  # dpkg runs dpkg-split and rm -rf for every .deb
+            assert {"dpkg-deb", "tar", "dpkg-split", "rm"} <= twins, twins
         else:
-            assert {"xz", "bzip2", "gzip", "aarch64-linux-gnu-as", "sha256sum"} <= twins, twins
+            assert {"xz", "bzip2", "gzip", "aarch64-linux-gnu-as", "sha256sum",
+                    *FILE_TOOLS_USED} <= twins, twins
             used = {u["guest"] for u in start["twins"]["used"]}  # type: ignore[index]
             assert "/usr/bin/aarch64-linux-gnu-as" in used
     files = _installed(trees["emulated"])
     assert "/usr/bin/aarch64-linux-gnu-as" in files and files == _installed(trees["twins"])
+    made = sorted(str(p.relative_to(trees["emulated"])) for p in
+                  (trees["emulated"] / "tmp/ft").rglob("*"))
+    assert made == sorted(str(p.relative_to(trees["twins"])) for p in
+                          (trees["twins"] / "tmp/ft").rglob("*"))
+    assert {"tmp/ft/joined.deb", "tmp/ft/split.info", "tmp/ft/a/moved.txt"} <= set(made), made
     for rel in [*files, "/tmp/data.xz", "/tmp/data.bz2", "/tmp/data.gz", "/tmp/add.o",
-                "/tmp/sums"]:
+                "/tmp/sums", *made]:
         a, b = trees["emulated"] / rel.lstrip("/"), trees["twins"] / rel.lstrip("/")
         if a.is_symlink() or b.is_symlink():
             assert os.readlink(a) == os.readlink(b), rel
         elif a.is_file():
             assert filecmp.cmp(a, b, shallow=False), f"{rel} differs with twins"
             assert a.stat().st_mode == b.stat().st_mode, rel
+        elif a.is_dir():
+            assert b.is_dir() and a.stat().st_mode == b.stat().st_mode, rel
+    moved = "tmp/ft/a/moved.txt"
+    assert (trees["emulated"] / moved).stat().st_mtime_ns == (
+        trees["twins"] / moved).stat().st_mtime_ns
 
 
 
