@@ -102,7 +102,8 @@ def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--accelerate", action="store_true",
                    help="run native twins (the host build of the same Debian package version) "
                    "for programs whose output does not depend on the CPU: xz, gzip, tar, "
-                   "dpkg-deb, the sums, cc1, cc1plus, as; every decision is in the trace")
+                   "dpkg-deb, dpkg-split, the sums, cc1, cc1plus, as, and file tools (rm, cp, "
+                   "sed, grep, ...); every decision is in the trace")
     p.add_argument("command", nargs="+", metavar="CMD", help="the command and its arguments")
 
 
@@ -282,8 +283,8 @@ def _parse_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--rebuild", action="store_true",
                    help="freeze the supervisor again even when it is cached")
     add_accelerate(p, "add native twins for the programs of the --base tree (the host build "
-                   "of the same Debian package version, for xz, gzip, tar, dpkg-deb, the sums, "
-                   "cc1, cc1plus, as)")
+                   "of the same Debian package version, for xz, gzip, tar, dpkg-deb, dpkg-split, "
+                   "the sums, cc1, cc1plus, as, and file tools: rm, cp, sed, grep, ...)")
 
 
 # --- xshim verify ---------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Native twins (``xshim run --accelerate``): the host build of the same Debian package version
-runs in place of xz, gzip, tar, dpkg-deb, the sums and as, and what they make is byte-identical.
+runs in place of xz, gzip, tar, dpkg-deb, dpkg-split, the sums, as and the file tools, and what
+they make is byte-identical.
 
 Two copies of the arm64 tree get the same fixed, archive-verified .debs installed with
 ``dpkg -i``, one emulated, one with twins; then the installed programs are used on the same
