@@ -161,23 +161,31 @@ uint32_t check(const struct rec *r, size_t n) {
 """
 
 
+def _riscv64_tree_with(tmp_path: Path, debs: tuple[str, ...], sources: dict[str, str]) -> Path:
+    """A copy of the riscv64 trixie tree with these trixie packages installed by dpkg -i
+    (emulated) and these files in /tmp."""
+    from support import trees
+
+    archive = foreign.archive_or_skip("trixie")
+    tree = foreign.copy_tree(trees.finished("riscv64"), tmp_path / "rootfs")
+    (tree / "tmp/debs").mkdir()
+    for name in debs:
+        _info, deb = archive.fetch_package(name, "riscv64")
+        shutil.copy(deb, tree / "tmp/debs" / f"{name}.deb")
+    for name, text in sources.items():
+        (tree / "tmp" / name).write_text(text)
+    r = _run(tree, "dpkg --force-depends -i /tmp/debs/*.deb")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return tree
+
+
 @pytest.mark.integration
 @pytest.mark.root(reason="xshim run needs root")
 @pytest.mark.slow
 def test_cc1_output_is_identical_with_its_cross_twin(tmp_path: Path) -> None:
     """riscv64 trixie: the guest's cc1 and Debian's cross cc1 built from the same gcc version
     write the same assembly, debug information included, for the same input and options."""
-    from support import trees
-
-    archive = foreign.archive_or_skip("trixie")
-    tree = foreign.copy_tree(trees.finished("riscv64"), tmp_path / "rootfs")
-    (tree / "tmp/debs").mkdir()
-    for name in CC1_DEBS:
-        _info, deb = archive.fetch_package(name, "riscv64")
-        shutil.copy(deb, tree / "tmp/debs" / f"{name}.deb")
-    (tree / "tmp/k.c").write_text(C_SOURCE)
-    r = _run(tree, "dpkg --force-depends -i /tmp/debs/*.deb")
-    assert r.returncode == 0, r.stdout + r.stderr
+    tree = _riscv64_tree_with(tmp_path, CC1_DEBS, {"k.c": C_SOURCE})
     cc1 = "/usr/libexec/gcc/riscv64-linux-gnu/14/cc1"
     compile_ = (f"cd /tmp && {cc1} -quiet -imultiarch riscv64-linux-gnu k.c -march=rv64gc "
                 "-mabi=lp64d -g -O2 -o k-{}.s")
@@ -245,18 +253,7 @@ def test_cc1plus_output_is_identical_with_its_cross_twin(tmp_path: Path) -> None
     marker and its flags) and the assembly, debug information included, are the same. With a
     header in /usr/local/include, which the cross compiler does not search, the guest's own
     compiler runs, and the trace says why."""
-    from support import trees
-
-    archive = foreign.archive_or_skip("trixie")
-    tree = foreign.copy_tree(trees.finished("riscv64"), tmp_path / "rootfs")
-    (tree / "tmp/debs").mkdir()
-    for name in CC1PLUS_DEBS:
-        _info, deb = archive.fetch_package(name, "riscv64")
-        shutil.copy(deb, tree / "tmp/debs" / f"{name}.deb")
-    for name, text in CXX_SOURCES.items():
-        (tree / "tmp" / name).write_text(text)
-    r = _run(tree, "dpkg --force-depends -i /tmp/debs/*.deb")
-    assert r.returncode == 0, r.stdout + r.stderr
+    tree = _riscv64_tree_with(tmp_path, CC1PLUS_DEBS, CXX_SOURCES)
     cc1plus = "/usr/libexec/gcc/riscv64-linux-gnu/14/cc1plus"
     # As g++ runs it.
     head = f"{cc1plus} -quiet -imultiarch riscv64-linux-gnu -D_GNU_SOURCE"
