@@ -12,26 +12,23 @@ import errno
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import abi, blind, comm, handoff, limits, newargv, twinexec
 from . import inject as ij
 from . import ptrace as pt
+from .pidstate import PidState, Retry
 from .plan import Leave, NeedView, Plan, Planner
 from .tracelog import Decision, TraceSink, errname
 
 _TRACE_ARG_MAX = 1 << 16  # longer arguments are shown cut off, with a marker
 
 
-class _Retry(NamedTuple):
-    """An exec sent round again after calls were injected to prepare it."""
-
-    view: blind.View | None
-
-
 class Execs:
     """The exec handling of one supervisor; its loop calls on_exec at each seccomp stop,
-    on_syscall_exit at each syscall-exit stop, done() at an exec event and forget() at an exit."""
+    on_syscall_exit at each syscall-exit stop, on_fork at a fork event and exec_event at an
+    exec event, each with the stopped thread's record (shim/pidstate.py), which holds all that
+    is kept about it between stops."""
 
     def __init__(
         self, emulators: dict[str, bytes], planner: Planner, trace: TraceSink | None,
@@ -44,101 +41,47 @@ class Execs:
         self.mem = pt.TraceeMemory()
         self.regs = pt.UserRegs()
         self.inj = ij.Injector()
-        # pid -> the caller's arguments and call before a rewrite
-        self.saved: dict[int, abi.Saved] = {}
-        self.retry: dict[int, _Retry] = {}
-        self.roots_known: set[int] = set()  # tracees /proc hides whose root is provably ours
-        self.scratch: dict[int, tuple[int, int]] = {}  # pid -> mapping made for its new argv
-        # A vfork child's mapping is in its parent's memory too, and outlives its exec there:
-        # the parent (pid) unmaps it at the syscall-exit stop after its next fork event.
-        self.sharer: dict[int, int] = {}  # child with a scratch mapping -> parent sharing it
-        self.unmap_later: dict[int, tuple[int, int]] = {}
-        # Tracees made dumpable to read them (see _prepare): what to set back if the exec fails.
-        self.undump: dict[int, int] = {}
-        self.emulating: dict[int, bytes] = {}  # pid -> path of its rewritten exec, when tracing
         self.warned: set[str] = set()
-        # pid -> (name, syscall offset) for its emulated exec: see shim/comm.py.
-        self.names: dict[int, tuple[bytes, int]] = {}
         self.namer = comm.Namer(self.inj, self.mem, planner.own_root)
         self.links = links
-        # pid -> descriptor of its emulator in it, for an exec that cannot reach it by path.
-        self.emu_fds: dict[int, int] = {}
         self.handoff = handoff.Handoff(self.inj, self.mem, planner.own_root)
-        self.twinning: set[int] = set()  # pids whose exec was rewritten into their twin's
 
-    def done(self, pid: int) -> None:
-        """``pid`` exec'd: nothing to restore, and memory made for the exec went with it."""
-        self.saved.pop(pid, None)
-        if self.emu_fds:
-            self.emu_fds.pop(pid, None)  # close-on-exec: gone with the exec
-        if self.twinning:
-            self.twinning.discard(pid)
-        if self.planner.no_twin:
-            self.planner.no_twin.pop(pid, None)
-        if self.emulating:
-            self.emulating.pop(pid, None)
-        if self.undump:
-            self.undump.pop(pid, None)
-        if self.scratch:
-            area = self.scratch.pop(pid, None)
-            sharer = self.sharer.pop(pid, None)
-            if area is not None and sharer is not None:
-                self.unmap_later[sharer] = area
-            self.unmap_later.pop(pid, None)
-
-    def exec_event(self, pid: int, former: int) -> None:
-        """Let ``pid`` go on from the exec event of a successful exec (made by thread
-        ``former``): renamed first if it was emulated."""
-        named = self.names.pop(former, None) if self.names else None
-        if former != pid and self.names:
-            self.names.pop(pid, None)
-        if named is None:
+    def exec_event(self, pid: int, name: tuple[bytes, int] | None) -> None:
+        """Let ``pid`` go on from the exec event of a successful exec: renamed first if it was
+        emulated (``name``: what PidTable.exec_done returned)."""
+        if name is None:
             pt.cont(pid)  # CONT, not SYSCALL: this exec's syscall-exit stop is not needed
             return
-        self.namer.rename(pid, *named)
+        self.namer.rename(pid, *name)
 
-    def forget(self, pid: int) -> None:
-        self.saved.pop(pid, None)
-        if self.twinning:
-            self.twinning.discard(pid)
-        if self.planner.no_twin:
-            self.planner.no_twin.pop(pid, None)
-        if self.names:
-            self.names.pop(pid, None)
-        if self.emu_fds:
-            self.emu_fds.pop(pid, None)
-        if self.retry or self.roots_known or self.scratch or self.emulating or self.unmap_later:
-            self.undump.pop(pid, None)
-            self.retry.pop(pid, None)
-            self.roots_known.discard(pid)
-            self.scratch.pop(pid, None)
-            self.sharer.pop(pid, None)
-            self.emulating.pop(pid, None)
-            self.unmap_later.pop(pid, None)
-
-    def on_syscall_exit(self, pid: int) -> None:
-        saved = self.saved.pop(pid, None)
-        prior = self.undump.pop(pid, None) if self.undump else None
+    def on_syscall_exit(self, pid: int, t: PidState) -> None:
+        saved = t.saved
+        prior = t.undump
         if saved is not None or prior is not None:
+            t.saved = t.undump = None
             regs = self.regs
             pt.getregs(pid, regs)
             if abi.failed(regs):  # the exec failed: give back the caller's registers
                 area = None
-                if self.names:
-                    self.names.pop(pid, None)
-                fd = self.emu_fds.pop(pid, None) if self.emu_fds else None
-                if saved is not None and self.twinning and pid in self.twinning:
-                    twinexec.twin_failed(self, pid, regs, saved, prior)
+                t.name = None
+                fd = t.emu_fd
+                t.emu_fd = None
+                if saved is not None and t.twinning:
+                    twinexec.twin_failed(self, pid, t, regs, saved, prior)
                     return
                 if (saved is not None and fd is None and abi.return_value(regs) == -errno.ENOENT
-                        and self._hand_over_late(pid, regs, saved, prior)):
+                        and self._hand_over_late(pid, t, regs, saved, prior)):
                     return
                 if saved is not None:
                     abi.restore_args(regs, saved)
                     if self.trace is not None:
-                        self.trace.exec(pid, self.traced_parent(pid), self.emulating.pop(pid, b""),
-                                        [], Decision.FAILED, err=-abi.return_value(regs))
-                    area = self.scratch.pop(pid, None)
+                        shown = t.emulating
+                        t.emulating = None
+                        self.trace.exec(pid, self.traced_parent(pid),
+                                        b"" if shown is None else shown, [], Decision.FAILED,
+                                        err=-abi.return_value(regs))
+                    area = t.scratch
+                    t.scratch = None
                 if area is not None or prior is not None or fd is not None:
                     at = ij.copy_regs(regs)
                     if fd is not None:
@@ -151,35 +94,33 @@ class Execs:
                     self.inj.finish(pid, at, abi.return_value(at))
                     return
                 pt.setregs(pid, regs)
-        elif self.unmap_later and pid in self.unmap_later:  # see on_fork
+        elif t.unmap_later is not None:  # see on_fork
+            area = t.unmap_later
+            t.unmap_later = None
             at = ij.copy_regs(self.regs)
             pt.getregs(pid, at)
-            self.inj.call(pid, at, ij.NR_MUNMAP, *self.unmap_later.pop(pid), at_entry=False)
+            self.inj.call(pid, at, ij.NR_MUNMAP, *area, at_entry=False)
             self.inj.finish(pid, at, abi.return_value(at))
             return
         pt.cont(pid)
 
-    def _undumping(self, pid: int) -> bool:
-        """Whether ``pid`` was made dumpable for this exec: then its syscall-exit stop restores
-        that, should the exec fail."""
-        return bool(self.undump) and pid in self.undump
-
-    def _resume(self, pid: int) -> None:
-        """Let the exec go on to the kernel (to its syscall-exit stop if that must be seen)."""
-        if self._undumping(pid):
+    def _resume(self, pid: int, t: PidState) -> None:
+        """Let the exec go on to the kernel, to its syscall-exit stop if it was made dumpable
+        for this exec: that stop sets it back should the exec fail."""
+        if t.undump is not None:
             pt.cont_syscall(pid)
         else:
             pt.cont(pid)
 
-    def on_fork(self, pid: int) -> None:
+    def on_fork(self, pid: int, t: PidState) -> None:
         """``pid`` forked: resume it, to its syscall-exit stop if it has a mapping to remove
         (the only stop of a vfork parent we can count on where a call can be injected)."""
-        if self.unmap_later and pid in self.unmap_later:
+        if t.unmap_later is not None:
             pt.cont_syscall(pid)
         else:
             pt.cont(pid)
 
-    def on_exec(self, pid: int) -> None:
+    def on_exec(self, pid: int, t: PidState) -> None:
         regs = self.regs
         pt.getregs(pid, regs)
         call = abi.exec_args(regs)
@@ -193,7 +134,9 @@ class Execs:
             pt.cont(pid)
             return
         nr, dirfd, path_p, argv_p, envp_p, flags = call
-        retry = self.retry.pop(pid, None) if self.retry else None
+        retry = t.retry
+        if retry is not None:
+            t.retry = None
         # The path and the start of argv in one read; argv is wasted on a native exec, but
         # almost every exec under the supervisor is a foreign one.
         path_head, argv_head = self.mem.read_pair(pid, path_p, argv_p)
@@ -201,19 +144,19 @@ class Execs:
             path = self.mem.read_cstring(pid, path_p, first=path_head) if path_p else b""
         except pt.Unreadable:
             if retry is None:  # not dumpable, or a bad address: make it dumpable and see
-                self._prepare(pid, regs, dirfd, path_p, flags, None)
+                self._prepare(pid, t, regs, dirfd, path_p, flags, None)
             else:
-                self._resume(pid)  # dumpable, so the address is bad: the kernel answers EFAULT
+                self._resume(pid, t)  # dumpable, so the address is bad: the kernel answers EFAULT
             return
         except OSError:
-            self._resume(pid)  # the kernel will answer EFAULT
+            self._resume(pid, t)  # the kernel will answer EFAULT
             return
         trace = self.trace
         shown = path  # for the trace: the name the kernel gives the program (bprm->filename)
         if nr == pt.NR_EXECVEAT and dirfd != pt.AT_FDCWD and not path.startswith(b"/"):
             shown = b"/dev/fd/%d" % dirfd + (b"/" + path if path else b"")
         outcome = self.planner.plan(pid, dirfd, path, flags, retry.view if retry else None,
-                                    pid in self.roots_known)
+                                    t.root_known, t.no_twin)
         if self.planner.notes:
             for note in self.planner.notes:
                 self._say(note)
@@ -225,38 +168,40 @@ class Execs:
                 self._say(tracer)
         if isinstance(outcome, NeedView):
             if retry is None:
-                self._prepare(pid, regs, dirfd, path_p, flags, path)
+                self._prepare(pid, t, regs, dirfd, path_p, flags, path)
             else:
-                self._refuse(pid, regs, shown, errno.EACCES, "its root cannot be seen", True)
+                self._refuse(pid, t, regs, shown, errno.EACCES, "its root cannot be seen", True)
             return
         if isinstance(outcome, Leave):
-            if pid in self.scratch:  # made for an earlier round of this exec: give it back
-                self._unmap_and_rerun(pid, regs)
+            if t.scratch is not None:  # made for an earlier round of this exec: give it back
+                self._unmap_and_rerun(pid, t, regs)
                 return
             if outcome.answer and outcome.decision is Decision.REFUSED:
-                self._refuse(pid, regs, shown, outcome.errno, outcome.reason, True)
+                self._refuse(pid, t, regs, shown, outcome.errno, outcome.reason, True)
                 return
             if outcome.answer:  # the kernel's answer under binfmt_misc, given in its place
                 if trace is not None:
                     self._trace_leave(pid, shown, argv_p, outcome)
-                ij.fail_at_entry(pid, regs, outcome.errno, self._undumping(pid))
+                ij.fail_at_entry(pid, regs, outcome.errno, t.undump is not None)
                 return
             if outcome.decision is Decision.REFUSED:
                 self._warn_refused(shown, outcome)
             if trace is not None:
                 self._trace_leave(pid, shown, argv_p, outcome)
-            self._resume(pid)
+            self._resume(pid, t)
             return
         # Taken for this round only: a descriptor not used now (the exec was left to the
         # kernel after all) is never used later, when its number may name another file.
-        fd = self.emu_fds.pop(pid, None) if self.emu_fds else None
+        fd = t.emu_fd
+        if fd is not None:
+            t.emu_fd = None
         if outcome.twin is not None and outcome.twin.path and fd is None:
-            why = twinexec.exec_twin(self, pid, outcome, argv_p, envp_p, shown)
+            why = twinexec.exec_twin(self, pid, t, outcome, argv_p, envp_p, shown)
             if why is None:
                 return
             outcome = outcome._replace(twin=outcome.twin._replace(path=b"", reason=why))
         if outcome.elsewhere and fd is None:
-            self._hand_over(pid, regs, shown, outcome.emulator)
+            self._hand_over(pid, t, regs, shown, outcome.emulator)
             return
         # Run the emulator through a link named after the program (the process gets its name
         # from the exec itself), where it needs a name and the tracee is in our root.
@@ -267,14 +212,14 @@ class Execs:
                 link = self.links.link(outcome.emulator, outcome.arch.name, name)
         try:
             argv_ptrs = self.mem.read_pointers(pid, argv_p, first=argv_head)
-            self._rewrite(pid, outcome, path_p, argv_ptrs, envp_p, fd, link)
+            self._rewrite(pid, t, outcome, path_p, argv_ptrs, envp_p, fd, link)
         except newargv.NeedMemory as need:
             if fd is not None:
-                self.emu_fds[pid] = fd
-            self._map_and_rerun(pid, regs, shown, need.args[0])
+                t.emu_fd = fd
+            self._map_and_rerun(pid, t, regs, shown, need.args[0])
             return
         except OSError as e:
-            self._leave_after_error(pid, shown, argv_p, e)
+            self._leave_after_error(pid, t, shown, argv_p, e)
             return
         if trace is not None:
             argv = self._strings(pid, argv_ptrs)
@@ -286,21 +231,21 @@ class Execs:
                 extra["twin_skipped"] = outcome.twin.reason or "its twin could not be exec'd"
                 extra["package"] = f"{outcome.twin.twin.package}={outcome.twin.twin.version}"
             trace.exec(pid, self.traced_parent(pid), shown, argv, Decision.EMULATE, **extra)
-            self.emulating[pid] = shown
+            t.emulating = shown
         if path and link is None:  # fexecve (an empty path): the kernel names it after the
-            self._name(pid, shown, outcome.emulator)  # file, qemu's too
+            self._name(t, shown, outcome.emulator)  # file, qemu's too
         pt.cont_syscall(pid)
 
-    def _name(self, pid: int, path: bytes, emulator: bytes) -> None:
+    def _name(self, t: PidState, path: bytes, emulator: bytes) -> None:
         name = comm.kernel_name(path)
         if name == comm.kernel_name(emulator):
             return
         offset = self.namer.offset(emulator)
         if offset is not None:
-            self.names[pid] = (name, offset)
+            t.name = (name, offset)
 
     def _prepare(
-        self, pid: int, regs: pt.UserRegs, dirfd: int, path_p: int, flags: int,
+        self, pid: int, t: PidState, regs: pt.UserRegs, dirfd: int, path_p: int, flags: int,
         path: bytes | None,
     ) -> None:
         """Make an exec we cannot see into one we can, by calls injected into the tracee, and
@@ -316,7 +261,7 @@ class Execs:
                 entry = False
                 self.inj.call(pid, at, ij.NR_PRCTL, ij.PR_SET_DUMPABLE, 1, at_entry=False)
                 if prior >= 0 and prior != 1:
-                    self.undump[pid] = prior
+                    t.undump = prior
                 try:
                     path = self.mem.read_cstring(pid, path_p) if path_p else b""
                 except OSError:
@@ -327,7 +272,7 @@ class Execs:
                 try:
                     os.close(os.open(f"/proc/{pid}/root", os.O_PATH | os.O_CLOEXEC))
                 except PermissionError:
-                    need = self.planner.needs(pid, dirfd, path, pid in self.roots_known)
+                    need = self.planner.needs(pid, dirfd, path, t.root_known)
                 except OSError:
                     pass
             if need is not None:
@@ -336,28 +281,31 @@ class Execs:
                                    cwd=need.cwd, fd=need.fd)
                 entry = False
                 if need.root and not blind.may_change_root(pid):
-                    self.roots_known.add(pid)
-            self.retry[pid] = _Retry(view)
+                    t.root_known = True
+            t.retry = Retry(view)
             self.inj.rerun(pid, at, at_entry=entry)
         except blind.Refusal as r:
-            self._refuse(pid, at, path or b"?", r.errno, r.cause, entry)
+            self._refuse(pid, t, at, path or b"?", r.errno, r.cause, entry)
         except pt.Unreadable as e:
-            self._refuse(pid, at, path or b"?", errno.EPERM,
+            self._refuse(pid, t, at, path or b"?", errno.EPERM,
                          f"its memory cannot be read ({e.strerror})", entry)
 
-    def _hand_over(self, pid: int, regs: pt.UserRegs, path: bytes, emulator: bytes) -> None:
+    def _hand_over(
+        self, pid: int, t: PidState, regs: pt.UserRegs, path: bytes, emulator: bytes
+    ) -> None:
         """Give a tracee that cannot reach its emulator by path a descriptor of it
         (shim/handoff.py), and send the exec round again to run it through that."""
         at = ij.copy_regs(regs)
         try:
-            self.emu_fds[pid] = self.handoff.fetch(pid, at, emulator, entry=True)
+            t.emu_fd = self.handoff.fetch(pid, at, emulator, entry=True)
         except blind.Refusal as r:
-            self._refuse(pid, at, path, r.errno, r.cause, False)
+            self._refuse(pid, t, at, path, r.errno, r.cause, False)
             return
         self.inj.rerun(pid, at, at_entry=False)
 
     def _hand_over_late(
-        self, pid: int, regs: pt.UserRegs, saved: tuple[int, ...], prior: int | None
+        self, pid: int, t: PidState, regs: pt.UserRegs, saved: tuple[int, ...],
+        prior: int | None,
     ) -> bool:
         """The rewritten exec found no emulator at its path (a mount namespace of the tracee's
         own hides it): hand it a descriptor and run the exec again through that. False: the
@@ -373,17 +321,18 @@ class Execs:
         at = ij.copy_regs(regs)
         abi.restore_call(at, saved)
         try:
-            self.emu_fds[pid] = self.handoff.fetch(pid, at, emulator, entry=False)
+            t.emu_fd = self.handoff.fetch(pid, at, emulator, entry=False)
         except blind.Refusal:
             return False
         if prior is not None:
-            self.undump[pid] = prior
-        if self.emulating:
-            self.emulating.pop(pid, None)
+            t.undump = prior
+        t.emulating = None
         self.inj.rerun(pid, at, at_entry=False)
         return True
 
-    def _map_and_rerun(self, pid: int, regs: pt.UserRegs, path: bytes, size: int) -> None:
+    def _map_and_rerun(
+        self, pid: int, t: PidState, regs: pt.UserRegs, path: bytes, size: int
+    ) -> None:
         """Make a mapping in the tracee for a new argv that will not fit below its stack
         pointer, and send the exec round again to use it (unmapped if the exec fails)."""
         at = ij.copy_regs(regs)
@@ -392,22 +341,25 @@ class Execs:
                              ij.MAP_PRIVATE | ij.MAP_ANONYMOUS, (-1) & 0xFFFFFFFFFFFFFFFF, 0,
                              at_entry=True)
         if addr < 0:
-            self._refuse(pid, at, path, -addr, "no memory for its argument list", False)
+            self._refuse(pid, t, at, path, -addr, "no memory for its argument list", False)
             return
-        self.scratch[pid] = (addr, length)
-        parent = pt.parent_sharing_memory(pid)
-        if parent:
-            self.sharer[pid] = parent
+        t.scratch = (addr, length)
+        # In a vfork child the mapping is in its parent's memory too, and outlives its exec
+        # there: PidTable.exec_done hands it to the parent to unmap.
+        t.sharer = pt.parent_sharing_memory(pid)
         self.inj.rerun(pid, at, at_entry=False)
 
-    def _unmap_and_rerun(self, pid: int, regs: pt.UserRegs) -> None:
+    def _unmap_and_rerun(self, pid: int, t: PidState, regs: pt.UserRegs) -> None:
         at = ij.copy_regs(regs)
-        addr, length = self.scratch.pop(pid)
+        assert t.scratch is not None
+        addr, length = t.scratch
+        t.scratch = None
         self.inj.call(pid, at, ij.NR_MUNMAP, addr, length, at_entry=True)
         self.inj.rerun(pid, at, at_entry=False)
 
     def _refuse(
-        self, pid: int, regs: pt.UserRegs, path: bytes, err: int, cause: str, entry: bool
+        self, pid: int, t: PidState, regs: pt.UserRegs, path: bytes, err: int, cause: str,
+        entry: bool,
     ) -> None:
         """Fail an exec we cannot carry out, with ``err`` and a line saying why: never let a
         foreign exec through to the kernel unchanged, where it would fail without a word."""
@@ -418,33 +370,35 @@ class Execs:
             self.trace.exec(pid, self.traced_parent(pid), path, [], Decision.REFUSED,
                             reason=cause, err=err)
         if entry:
-            ij.fail_at_entry(pid, regs, err, self._undumping(pid))
+            ij.fail_at_entry(pid, regs, err, t.undump is not None)
             return
-        prior = self.undump.pop(pid, None) if self.undump else None
+        prior = t.undump
+        t.undump = None
         if prior is not None:
             self.inj.call(pid, regs, ij.NR_PRCTL, ij.PR_SET_DUMPABLE, prior, at_entry=False)
         self.inj.finish(pid, regs, -err)
 
-    def _leave_after_error(self, pid: int, path: bytes, argv_p: int, e: OSError) -> None:
+    def _leave_after_error(
+        self, pid: int, t: PidState, path: bytes, argv_p: int, e: OSError
+    ) -> None:
         out = Leave(Decision.KERNEL, errno.ENOEXEC, f"could not rewrite the exec: {e.strerror}")
         if self.trace is not None:
             self._trace_leave(pid, path, argv_p, out)
-        self._resume(pid)
+        self._resume(pid, t)
 
     def _rewrite(
-        self, pid: int, plan: Plan, path_p: int, argv_ptrs: list[int], envp_p: int,
-        fd: int | None = None, link: bytes | None = None,
+        self, pid: int, t: PidState, plan: Plan, path_p: int, argv_ptrs: list[int],
+        envp_p: int, fd: int | None = None, link: bytes | None = None,
     ) -> None:
         """Point the exec at the emulator with its new argv (newargv.write), remembering the
         caller's registers for a failed exec."""
         regs = self.regs
         saved = abi.save_call(regs)
-        area = self.scratch.get(pid) if self.scratch else None
-        newargv.write(self.mem, pid, regs, plan, path_p, argv_ptrs, envp_p, fd, area, link)
-        self.saved[pid] = saved
+        newargv.write(self.mem, pid, regs, plan, path_p, argv_ptrs, envp_p, fd, t.scratch, link)
+        t.saved = saved
         pt.setregs(pid, regs)
         if fd is not None:
-            self.emu_fds[pid] = fd  # closed by the exec, or by us if it fails
+            t.emu_fd = fd  # closed by the exec, or by us if it fails
 
     def _strings(self, pid: int, ptrs: list[int]) -> list[bytes]:
         out = []

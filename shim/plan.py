@@ -98,7 +98,6 @@ class Planner:
         self.kinds: dict[bytes, Kind] = {}
         self.notes = opener.notes  # limits met while planning, for the caller to say once
         self.twins = twins
-        self.no_twin: dict[int, str] = {}  # tracees whose twin's exec failed, and how
 
     def needs(self, pid: int, dirfd: int, path: bytes, root_known: bool) -> NeedView | None:
         """What a tracee whose /proc entries we cannot open must tell us before this exec."""
@@ -113,9 +112,10 @@ class Planner:
 
     def plan(
         self, pid: int, dirfd: int, path: bytes, flags: int, view: View | None = None,
-        root_known: bool = False,
+        root_known: bool = False, no_twin: str | None = None,
     ) -> Plan | Leave | NeedView:
-        """``view``: what the tracee told us for this exec; ``root_known``: its root is ours."""
+        """``view``: what the tracee told us for this exec; ``root_known``: its root is ours;
+        ``no_twin``: why a twin is not to be used (its exec failed in this tracee)."""
         fs = self.fs
         fs.begin()
         try:
@@ -130,7 +130,7 @@ class Planner:
         except OSError as e:
             return _kernel(f"cannot see the tracee's root: {e.strerror}")
         try:
-            out = self._plan_in(pid, root_fd, dirfd, path, flags)
+            out = self._plan_in(pid, root_fd, dirfd, path, flags, no_twin)
             if isinstance(out, Plan) and fs.view is None and not fs.is_own_root(root_fd):
                 if out.twin is not None and out.twin.path:
                     out = out._replace(twin=out.twin._replace(
@@ -143,7 +143,7 @@ class Planner:
             fs.close(root_fd)
 
     def _plan_in(
-        self, pid: int, root_fd: int, dirfd: int, path: bytes, flags: int
+        self, pid: int, root_fd: int, dirfd: int, path: bytes, flags: int, no_twin: str | None
     ) -> Plan | Leave:
         fs = self.fs
         path_override: bytes | None = None
@@ -210,7 +210,8 @@ class Planner:
                          answer=True)
         if not scripts:
             head = emulated_argv(emulator, b"", program, [], None)
-            twin = self._twin(pid, root_fd, lookup, ident) if self.twins is not None else None
+            twin = (self._twin(root_fd, lookup, ident, no_twin) if self.twins is not None
+                    else None)
             return Plan(emulator, kind.arch, program, head, path_override, [], twin=twin)
         if len(scripts) > MAX_FOREIGN_SCRIPT_DEPTH:  # binfmt_misc would take the sixth round
             return Leave(Decision.KERNEL, errno.ELOOP, "ELOOP: too many levels of #! interpreters",
@@ -219,7 +220,7 @@ class Planner:
         override = None if script_path is path else script_path
         return Plan(emulator, kind.arch, program, head, override, scripts)
 
-    def _twin(self, pid: int, root_fd: int, lookup: bytes, ident: tuple[int, int]
+    def _twin(self, root_fd: int, lookup: bytes, ident: tuple[int, int], no_twin: str | None
               ) -> Match | None:
         fs = self.fs
         assert self.twins is not None and fs.opened is not None
@@ -227,8 +228,8 @@ class Planner:
             return None
         found = self.twins.match(ident, fs.opened, lookup,
                                  lambda: fs.open_in_root(root_fd, lookup))
-        if found is not None and found.path and pid in self.no_twin:
-            return found._replace(path=b"", reason=self.no_twin[pid])
+        if found is not None and found.path and no_twin is not None:
+            return found._replace(path=b"", reason=no_twin)
         if found is not None and found.path and fs.view is not None:
             # A tracee /proc hides may have a root of its own, where the twin's path fails.
             return found._replace(path=b"", reason="the tracee's root cannot be seen")

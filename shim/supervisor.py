@@ -6,9 +6,10 @@ sees it (its root, cwd, dirfd); a foreign ELF, or a script whose interpreter is 
 syscall rewritten to ``execve(<emulator>, [emulator, "-0", argv0, path, args...], envp)``.
 Everything else is left to the kernel, whose answer the tracee gets unchanged.
 
-This module starts the command and runs the event loop. The layers below it: shim/execs.py
-handles one trapped exec, shim/plan.py decides it (shim/decide.py is its pure core),
-shim/blind.py and shim/inject.py get at tracees /proc hides, shim/ptrace.py binds the syscalls.
+This module starts the command and runs the event loop, which hands each stop the record of
+the stopped thread (shim/pidstate.py). The layers below it: shim/execs.py handles one trapped
+exec, shim/plan.py decides it (shim/decide.py is its pure core), shim/blind.py and
+shim/inject.py get at tracees /proc hides, shim/ptrace.py binds the syscalls.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .arch import Arch, host_arch
 from .decide import HEADER_SIZE, Foreign, Native, classify
 from .errors import ShimError
 from .execs import Execs
+from .pidstate import PidTable
 from .plan import Planner
 from .tracee import Opener
 from .tracelog import TraceSink
@@ -77,11 +79,7 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         self.cfg = config
         self.host = host_arch()
-        # Tracees whose first stop has been seen. A new tracee's first stop can reach us before
-        # or after its parent's fork event, so that stop alone marks it.
-        self.started: set[int] = set()
-        self.parent: dict[int, int] = {}  # child -> parent, kept only when tracing
-        self.exec_time: dict[int, float] = {}
+        self.pids = PidTable()  # all that is kept about each tracee (shim/pidstate.py)
         self.main = -1
         planner = Planner(
             config.emulators, config.self_ids, config.guest_shell,
@@ -106,7 +104,7 @@ class Supervisor:
         os.close(go_r)
         os.close(err_w)
         self.main = pid
-        self.started.add(pid)  # seized, not auto-attached: it has no first stop of its own
+        self.pids[pid].started = True  # seized, not auto-attached: no first stop of its own
         try:
             pt.seize(pid, OPTIONS)
         except OSError as e:
@@ -125,7 +123,7 @@ class Supervisor:
         os.write(go_w, b"g")
         os.close(go_w)
         status = self._loop()
-        _warn_left_running(self.started - {pid})
+        _warn_left_running({p for p, t in self.pids.items() if t.started and p != pid})
         detail = os.read(err_r, 4096).decode(errors="replace")
         os.close(err_r)
         if detail:
@@ -184,15 +182,16 @@ class Supervisor:
     def _loop(self) -> int:
         # wait4 only when tracing: the same syscall, but the rusage object it builds on every
         # stop is only worth making when an exit record will carry its CPU time.
-        with_usage = self.cfg.trace is not None
+        tracing = self.cfg.trace is not None
         usage: resource.struct_rusage | None = None
         execs = self.execs
+        pids = self.pids
         deaths = execs.inj.deaths  # tracees that died while running an injected call
         while True:
             try:
                 if deaths:
                     (pid, status), usage = deaths.pop(0), None
-                elif with_usage:
+                elif tracing:
                     pid, status, usage = os.wait4(-1, pt.WALL)
                 else:
                     pid, status = os.waitpid(-1, pt.WALL)
@@ -207,28 +206,26 @@ class Supervisor:
             event = status >> 16
             try:
                 if event == pt.PTRACE_EVENT_SECCOMP:
-                    if self.cfg.trace is not None:
-                        self.exec_time[pid] = time.monotonic()
-                    execs.on_exec(pid)
+                    t = pids[pid]
+                    if tracing:
+                        t.exec_time = time.monotonic()
+                    execs.on_exec(pid, t)
                 elif event == 0:
                     if sig == _SYSCALL_STOP:
-                        execs.on_syscall_exit(pid)
+                        execs.on_syscall_exit(pid, pids[pid])
                     else:
                         pt.cont(pid, sig)  # signal-delivery stop: deliver it
                 elif event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
-                    if self.cfg.trace is not None:
-                        self.parent[pt.geteventmsg(pid)] = pid
-                    execs.on_fork(pid)
+                    if tracing:
+                        pids[pt.geteventmsg(pid)].parent = pid
+                    execs.on_fork(pid, pids[pid])
                 elif event == pt.PTRACE_EVENT_EXEC:
-                    # Success: nothing to restore.
-                    execs.done(pid)
+                    t = pids[pid]
+                    name = pids.exec_done(t)  # success: nothing to restore
                     former = pt.geteventmsg(pid)
                     if former != pid:  # a non-leader thread exec'd and took the leader's pid
-                        execs.done(former)
-                        self.started.discard(former)
-                        if former in self.exec_time:
-                            self.exec_time[pid] = self.exec_time.pop(former)
-                    execs.exec_event(pid, former)
+                        name = pids.thread_exec(t, former)
+                    execs.exec_event(pid, name)
                 elif event == pt.PTRACE_EVENT_STOP:
                     self._on_stop(pid, sig)
                 else:
@@ -237,11 +234,14 @@ class Supervisor:
                 pass  # killed while stopped (SIGKILL, or its thread group exec'd)
 
     def _on_stop(self, pid: int, sig: int) -> None:
-        if pid not in self.started:
-            self.started.add(pid)  # its first stop, from being attached: let it run
-            if self.cfg.trace is not None and pid not in self.parent:
+        t = self.pids[pid]
+        if not t.started:
+            # Its first stop, from being attached: let it run. A new tracee's first stop can
+            # reach us before or after its parent's fork event, so that stop alone marks it.
+            t.started = True
+            if self.cfg.trace is not None and not t.parent:
                 # Its parent's fork event may come later than its own exec: ask the kernel now.
-                self.parent[pid] = _real_parent(pid)
+                t.parent = _real_parent(pid)
             pt.cont(pid)
         elif sig in _GROUP_STOP_SIGNALS:
             pt.listen(pid)  # a real group-stop: stay stopped until SIGCONT, as without us
@@ -249,21 +249,26 @@ class Supervisor:
             pt.cont(pid)
 
     def _exited(self, pid: int, status: int, usage: resource.struct_rusage | None) -> None:
-        self.started.discard(pid)
-        self.execs.forget(pid)
-        self.parent.pop(pid, None)
-        started = self.exec_time.pop(pid, None)
-        if self.cfg.trace is not None and started is not None:
-            self.cfg.trace.exit(pid, status, time.monotonic() - started, usage)
+        t = self.pids.drop(pid)
+        if self.cfg.trace is not None and t is not None and t.exec_time is not None:
+            self.cfg.trace.exit(pid, status, time.monotonic() - t.exec_time, usage)
 
     def _traced_parent(self, pid: int) -> int:
         """The nearest ancestor that has exec'd (0: none): a subshell that never execs has no
-        record of its own, so its children hang from its parent in the trace."""
-        p = self.parent.get(pid, 0)
+        record of its own, so its children hang from its parent in the trace. A parent that
+        has exited is no longer known: its children hang from the root."""
+        get = self.pids.get
+        t = get(pid)
+        p = t.parent if t is not None else 0
         for _ in range(64):
-            if p == 0 or p in self.exec_time:
+            if p == 0:
                 break
-            p = self.parent.get(p, 0)
+            t = get(p)
+            if t is None:
+                return 0
+            if t.exec_time is not None:
+                break
+            p = t.parent
         return p
 
 

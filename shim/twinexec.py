@@ -21,13 +21,14 @@ from .tracelog import Decision, errname
 
 if TYPE_CHECKING:
     from .execs import Execs
+    from .pidstate import PidState
 
 _RED_ZONE = 128
 _STACK_WRITE_MAX = 4096 - _RED_ZONE  # as shim/execs.py: within the page below sp
 _STRING_MAX = 1 << 16  # an argument or environment entry checked against the twin's limits
 
 
-def exec_twin(ex: Execs, pid: int, plan: Plan, argv_p: int, envp_p: int,
+def exec_twin(ex: Execs, pid: int, state: PidState, plan: Plan, argv_p: int, envp_p: int,
               shown: bytes) -> str | None:
     """Rewrite the exec into an execve of the twin: None when done, else why it is emulated
     instead (the twin would not search where the guest program does, or its new argv does not
@@ -60,10 +61,10 @@ def exec_twin(ex: Execs, pid: int, plan: Plan, argv_p: int, envp_p: int,
             ex.mem.write(pid, path, blob)
     except OSError as e:
         return f"the tracee's argv could not be read or written ({errname(e.errno or 0)})"
-    ex.saved[pid] = abi.save_call(regs)
+    state.saved = abi.save_call(regs)
     abi.set_execve(regs, path, argv_p, envp_p)
     pt.setregs(pid, regs)
-    ex.twinning.add(pid)
+    state.twinning = True
     if ex.trace is not None:
         try:
             shown_argv = ex._strings(pid, ex.mem.read_pointers(pid, argv_p))
@@ -73,7 +74,7 @@ def exec_twin(ex: Execs, pid: int, plan: Plan, argv_p: int, envp_p: int,
                       twin=plan.twin.path.decode(errors="replace"), arch=plan.arch.name,
                       package=f"{t.package}={t.version}",
                       host_package=f"{t.host_package}={t.host_version}")
-        ex.emulating[pid] = shown
+        state.emulating = shown
     pt.cont_syscall(pid)
     return None
 
@@ -123,19 +124,19 @@ def _write_tables(ex: Execs, pid: int, regs: pt.UserRegs, path: bytes, extra: li
     return strs, argv_p, envp_p
 
 
-def twin_failed(ex: Execs, pid: int, regs: pt.UserRegs, saved: tuple[int, ...],
+def twin_failed(ex: Execs, pid: int, state: PidState, regs: pt.UserRegs, saved: tuple[int, ...],
                 prior: int | None) -> None:
     """At the syscall-exit stop of a twin's failed exec: the exec again, emulated this time."""
-    ex.twinning.discard(pid)
+    state.twinning = False
     errno = -abi.return_value(regs)
-    ex.planner.no_twin[pid] = f"its twin's exec failed with {errname(errno)}"
+    state.no_twin = f"its twin's exec failed with {errname(errno)}"
     if ex.trace is not None:
-        ex.trace.exec(pid, ex.traced_parent(pid), ex.emulating.get(pid, b""), [],
+        shown = state.emulating
+        ex.trace.exec(pid, ex.traced_parent(pid), b"" if shown is None else shown, [],
                       Decision.FAILED, err=errno)
     at = ij.copy_regs(regs)
     abi.restore_call(at, saved)
     if prior is not None:
-        ex.undump[pid] = prior
-    if ex.emulating:
-        ex.emulating.pop(pid, None)
+        state.undump = prior
+    state.emulating = None
     ex.inj.rerun(pid, at, at_entry=False)

@@ -5,6 +5,7 @@ chains, fexecve, the shim exec'd as itself, and the errno of what is left to the
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from xshim.shim.decide import Script, emulated_argv
 from xshim.shim.plan import Leave, NeedView, Plan, Planner, fd_of
 from xshim.shim.tracee import Opener
 from xshim.shim.tracelog import Decision
+from xshim.shim.twins import Twin, TwinTable
 
 
 def test_the_descriptor_an_exec_goes_through() -> None:
@@ -211,3 +213,19 @@ def test_decisions_are_the_trace_formats_strings() -> None:
                                           "twin"]
     assert json.dumps({"decision": Decision.KERNEL}) == '{"decision": "kernel"}'
     assert f"{Decision.REFUSED}" == "refused"
+
+
+def test_a_tracee_whose_twin_failed_is_emulated_with_the_reason(tmp_path: Path) -> None:
+    content = elf_header(AARCH64)
+    prog = _file(tmp_path / "xz", content)
+    twin = Twin("/xz", "exe/xz", hashlib.sha256(content).hexdigest(), len(content),
+                "xz-utils", "1", "xz-utils", "1")
+    p = Planner({"aarch64": EMU}, frozenset(), None, None, Opener("/"),
+                TwinTable([twin], "/twin", str(tmp_path)))
+    out = p.plan(os.getpid(), pt.AT_FDCWD, prog, 0)
+    assert isinstance(out, Plan) and out.twin is not None
+    assert (out.twin.path, out.twin.reason) == (b"/twin/exe/xz", "")
+    failed = "its twin's exec failed with ENOENT"
+    out = p.plan(os.getpid(), pt.AT_FDCWD, prog, 0, no_twin=failed)
+    assert isinstance(out, Plan) and out.twin is not None
+    assert (out.twin.path, out.twin.reason) == (b"", failed)
