@@ -55,7 +55,7 @@ LIB = "lib"
 # only difference a caller can see is `--version` of dpkg-deb and dpkg-split, which names the
 # architecture dpkg was built for. Each program is listed by name after review; a new one needs
 # its reason and a line in the equivalence test (tests/test_twins.py).
-SAME = ("xz", "gzip", "bzip2", "zstd", "tar", "md5sum", "sha1sum", "sha224sum", "sha256sum",
+SAME = ("xz", "gzip", "bzip2", "zstd", "md5sum", "sha1sum", "sha224sum", "sha256sum",
         "sha384sum", "sha512sum", "b2sum",
         # dpkg's archive tools: they read and write .deb files (and parts of them), whose format
         # is the same everywhere; dpkg runs dpkg-split on every .deb it installs.
@@ -69,7 +69,9 @@ SAME = ("xz", "gzip", "bzip2", "zstd", "tar", "md5sum", "sha1sum", "sha224sum", 
 # double differs between architectures), what looks up user or group names (ls -l, chown, stat,
 # find -ls, id: the name service modules are the image's, which a twin cannot load), and what
 # reports the machine (uname, arch, nproc, hostid).
-FILE_TOOLS = ("rm", "rmdir", "mkdir", "cp", "mv", "ln", "chmod", "touch", "cat", "readlink",
+# tar belongs here too: it sets and stores file times (a 32-bit guest's tar refuses what a 64-bit
+# one writes after 2038) and lists names through the locale's character set.
+FILE_TOOLS = ("tar", "rm", "rmdir", "mkdir", "cp", "mv", "ln", "chmod", "touch", "cat", "readlink",
               "basename", "dirname", "sed", "grep", "cmp", "diff")
 BIN_DIRS = ("/bin/", "/usr/bin/")
 # The compiler proper: guest package prefix -> program, Debian's cross compiler package for it.

@@ -167,7 +167,8 @@ def test_file_tools_only_on_a_guest_of_the_host_word_size_and_byte_order(tmp_pat
     from xshim.builder import twins
     from xshim.shim.arch import from_platform, host_arch
 
-    files = {"/usr/bin/rm": "coreutils", "/usr/bin/uname": "coreutils", "/usr/bin/ls": "coreutils",
+    files = {"/usr/bin/tar": "tar", "/usr/bin/gzip": "gzip",
+             "/usr/bin/rm": "coreutils", "/usr/bin/uname": "coreutils", "/usr/bin/ls": "coreutils",
              "/usr/bin/sed": "sed", "/usr/bin/dpkg-split": "dpkg", "/usr/bin/dpkg": "dpkg",
              "/usr/bin/dpkg-query": "dpkg", "/usr/bin/perl": "perl-base"}
     for rel in files:
@@ -182,9 +183,10 @@ def test_file_tools_only_on_a_guest_of_the_host_word_size_and_byte_order(tmp_pat
         got, _ = twins.candidates(db, from_platform(platform), host_arch())
         found[arch] = {c.guest for c in got}
     # Never what reports the machine, dpkg's database tools or an interpreter.
-    assert found["arm64"] == {"/usr/bin/rm", "/usr/bin/sed", "/usr/bin/dpkg-split"}
-    # 32-bit (time_t, off_t) or the other byte order: the archive tools only.
-    assert found["armhf"] == found["s390x"] == {"/usr/bin/dpkg-split"}
+    assert found["arm64"] == {"/usr/bin/tar", "/usr/bin/gzip", "/usr/bin/rm", "/usr/bin/sed",
+                              "/usr/bin/dpkg-split"}
+    # 32-bit (time_t, off_t) or the other byte order: no tar, no file tools.
+    assert found["armhf"] == found["s390x"] == {"/usr/bin/gzip", "/usr/bin/dpkg-split"}
 
 
 # -- integration ---------------------------------------------------------------------------------
