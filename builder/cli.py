@@ -103,7 +103,9 @@ def _parse_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="run native twins (the host build of the same Debian package version) "
                    "for programs whose output does not depend on the CPU: xz, gzip, tar, "
                    "dpkg-deb, dpkg-split, the sums, cc1, cc1plus, as, and file tools (rm, cp, "
-                   "sed, grep, ...); every decision is in the trace")
+                   "sed, grep, ...); every decision is in the trace. Also runs arm64 guests on "
+                   "qemu's cheap pointer signing (-cpu max,pauth-impdef=on) unless QEMU_CPU is "
+                   "set")
     p.add_argument("command", nargs="+", metavar="CMD", help="the command and its arguments")
 
 
@@ -284,7 +286,9 @@ def _parse_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="freeze the supervisor again even when it is cached")
     add_accelerate(p, "add native twins for the programs of the --base tree (the host build "
                    "of the same Debian package version, for xz, gzip, tar, dpkg-deb, dpkg-split, "
-                   "the sums, cc1, cc1plus, as, and file tools: rm, cp, sed, grep, ...)")
+                   "the sums, cc1, cc1plus, as, and file tools: rm, cp, sed, grep, ...), and run "
+                   "arm64 guests on qemu's cheap pointer signing (-cpu max,pauth-impdef=on) "
+                   "unless QEMU_CPU is set")
 
 
 # --- xshim verify ---------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from ..shim.supervisor import (
     supervise,
 )
 from ..shim.tracelog import LOG_VALUES, TraceSink, open_sink
-from ..shim.twins import MAP_NAME, TwinTable, decisions
+from ..shim.twins import MAP_NAME, TwinTable, cpu_options, decisions
 from ..shim.twins import load as load_map
 from .errors import InputError, PrivilegeError, XshimError
 from .qemu import available_emulators, check_suite, fetch_emulators
@@ -234,6 +234,7 @@ def run_in_rootfs(req: RunRequest) -> int:
             emulators=inside, trace=sink, chroot=str(root), cwd=workdir, search_path=True,
             twins=table,
             names_dir=f"{EMULATOR_DIR}/by-name",
+            emulator_options=cpu_options(b"QEMU_CPU" in env) if table is not None else None,
         )
         argv = [c.encode() for c in command]
         log.debug("running %s in %s (%s)", command, root, target.platform)

@@ -133,7 +133,8 @@ def classify(header: bytes, host: Arch) -> Kind:
 
 
 def emulated_argv(
-    emulator: bytes, argv0: bytes, program: bytes, interpreters: list[Script], script: bytes | None
+    emulator: bytes, argv0: bytes, program: bytes, interpreters: list[Script], script: bytes | None,
+    options: tuple[bytes, ...] = (),
 ) -> list[bytes]:
     """The argv qemu-user needs to run what the kernel would have run.
 
@@ -141,9 +142,10 @@ def emulated_argv(
     interpreter first), the kernel drops the caller's argv[0] and prepends each interpreter and its
     argument; qemu gets the innermost ELF as program and that interpreter path as argv[0].
     Returned list excludes the caller's argv[1:], which the supervisor appends by pointer.
+    ``options`` (qemu's own, such as ``-cpu``) go between the emulator and ``-0``.
     """
     if not interpreters:
-        return [emulator, b"-0", argv0, program]
+        return [emulator, *options, b"-0", argv0, program]
     # The kernel builds argv innermost-first: interp_n [arg_n] interp_n-1 [arg_n-1] ... script.
     prefix: list[bytes] = []
     for s in reversed(interpreters):
@@ -151,4 +153,4 @@ def emulated_argv(
         if s.argument is not None:
             prefix.append(s.argument)
     assert script is not None
-    return [emulator, b"-0", prefix[0], program, *prefix[1:], script]
+    return [emulator, *options, b"-0", prefix[0], program, *prefix[1:], script]

@@ -308,13 +308,20 @@ def _run(layout: Layout, argv: list[bytes], program: bytes | None, search_path: 
         self_ids = frozenset({(st.st_dev, st.st_ino)})
     except OSError:
         self_ids = frozenset()
+    twins = _twins(layout, sink)
+    options = None
+    if twins is not None:
+        from .twins import cpu_options
+
+        options = cpu_options("QEMU_CPU" in os.environ)
     config = Config(
         emulators=bundled_emulators(layout),
         self_ids=self_ids,
         guest_shell=guest_shell(layout).encode(),
         trace=sink,
         search_path=search_path,
-        twins=_twins(layout, sink),
+        twins=twins,
+        emulator_options=options,
     )
     try:
         status = supervise(argv, env, config, program=program)

@@ -42,9 +42,9 @@ def write(
     reuse: dict[int, int] = {}
     if not plan.scripts:
         if argv0:
-            reuse[2] = argv0
+            reuse[2 + plan.lead] = argv0
         if plan.path_override is None:
-            reuse[3] = path_p
+            reuse[3 + plan.lead] = path_p
     elif plan.path_override is None:
         reuse[len(strings) - 1] = path_p
     blob = bytearray()

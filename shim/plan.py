@@ -42,6 +42,7 @@ class Plan(NamedTuple):
     # The program's native twin (shim/twins.py): used instead of the emulator when it has a
     # path; without one, its reason says why the listed file is emulated after all.
     twin: Match | None = None
+    lead: int = 0  # qemu options in head between the emulator and -0
 
 
 class Leave(NamedTuple):
@@ -85,9 +86,10 @@ class Planner:
     def __init__(
         self, emulators: dict[str, bytes], self_ids: frozenset[tuple[int, int]],
         guest_shell: bytes | None, guest_shell_arch: Arch | None, opener: Opener,
-        twins: TwinTable | None = None,
+        twins: TwinTable | None = None, options: dict[str, tuple[bytes, ...]] | None = None,
     ) -> None:
         self.emulators = emulators
+        self.options = options or {}  # Arch.name -> qemu options (shim/twins.py cpu_options)
         self.self_ids = self_ids
         self.guest_shell = guest_shell
         self.guest_shell_arch = guest_shell_arch
@@ -208,17 +210,19 @@ class Planner:
         if fs.busy:  # exec's deny_write_access() would fail
             return Leave(Decision.KERNEL, errno.ETXTBSY, "ETXTBSY: open for writing", kind.arch,
                          answer=True)
+        opts = self.options.get(kind.arch.name, ())
         if not scripts:
-            head = emulated_argv(emulator, b"", program, [], None)
+            head = emulated_argv(emulator, b"", program, [], None, opts)
             twin = (self._twin(root_fd, lookup, ident, no_twin) if self.twins is not None
                     else None)
-            return Plan(emulator, kind.arch, program, head, path_override, [], twin=twin)
+            return Plan(emulator, kind.arch, program, head, path_override, [], twin=twin,
+                        lead=len(opts))
         if len(scripts) > MAX_FOREIGN_SCRIPT_DEPTH:  # binfmt_misc would take the sixth round
             return Leave(Decision.KERNEL, errno.ELOOP, "ELOOP: too many levels of #! interpreters",
                          kind.arch, answer=True)
-        head = emulated_argv(emulator, b"", program, scripts, script_path)
+        head = emulated_argv(emulator, b"", program, scripts, script_path, opts)
         override = None if script_path is path else script_path
-        return Plan(emulator, kind.arch, program, head, override, scripts)
+        return Plan(emulator, kind.arch, program, head, override, scripts, lead=len(opts))
 
     def _twin(self, root_fd: int, lookup: bytes, ident: tuple[int, int], no_twin: str | None
               ) -> Match | None:
@@ -270,8 +274,11 @@ class Planner:
         emulator = self.emulators.get(arch.name) if arch else None
         if arch is None or emulator is None:
             return Leave(Decision.REFUSED, errno.ENOEXEC, "no emulator for the image's shell", arch)
+        opts = self.options.get(arch.name, ())
         if scripts:
-            head = emulated_argv(emulator, b"", shell, scripts, script_path)
-            return Plan(emulator, arch, shell, head, script_path if renamed else None, scripts)
+            head = emulated_argv(emulator, b"", shell, scripts, script_path, opts)
+            return Plan(emulator, arch, shell, head, script_path if renamed else None, scripts,
+                        lead=len(opts))
         # Plain exec of the shim: qemu -0 <caller's argv0> <guest shell> args...
-        return Plan(emulator, arch, shell, [emulator, b"-0", b"", shell], shell, [])
+        return Plan(emulator, arch, shell, emulated_argv(emulator, b"", shell, [], None, opts),
+                    shell, [], lead=len(opts))

@@ -69,6 +69,8 @@ class Config(NamedTuple):
     # A directory of the command's root, ours to fill, for links that name emulated processes
     # (shim/comm.py NameLinks); None: they are renamed by an injected prctl instead.
     names_dir: str | None = None
+    # qemu options by Arch.name, put before -0 in every emulated exec (shim/twins.py cpu_options)
+    emulator_options: dict[str, tuple[bytes, ...]] | None = None
 
 
 class SupervisorError(ShimError):
@@ -84,7 +86,7 @@ class Supervisor:
         planner = Planner(
             config.emulators, config.self_ids, config.guest_shell,
             guest_arch(config.guest_shell, config.chroot) if config.guest_shell else None,
-            Opener(config.chroot or "/"), config.twins,
+            Opener(config.chroot or "/"), config.twins, config.emulator_options,
         )
         links = None
         if config.names_dir is not None:

@@ -24,6 +24,24 @@ MAP_FORMAT = 1
 _CHUNK = 1 << 20
 
 
+# qemu's -cpu for an accelerated run, by guest architecture. qemu's default aarch64 CPU ("max")
+# computes pointer authentication with the architected QARMA5 cipher in software, at every signed
+# return: paciasp/autiasp stand in every function of a distribution built with
+# -mbranch-protection (Debian from trixie on), and a trixie python3 loop runs 13x slower than
+# with pauth-impdef=on, which keeps the same instructions, HWCAPs and failures but signs with
+# qemu's own cheap hash. The keys are random per process, so no program can tell the signatures
+# apart; only the ID register's field naming the algorithm differs.
+ACCELERATED_CPU = {"aarch64": b"max,pauth-impdef=on", "aarch64_be": b"max,pauth-impdef=on"}
+
+
+def cpu_options(caller_sets_cpu: bool) -> dict[str, tuple[bytes, ...]]:
+    """qemu options by Arch.name for an accelerated run; none where the caller chose a CPU
+    itself (QEMU_CPU in the environment, which a command-line -cpu would override)."""
+    if caller_sets_cpu:
+        return {}
+    return {name: (b"-cpu", cpu) for name, cpu in ACCELERATED_CPU.items()}
+
+
 class TwinMapError(Exception):
     """The twin map is unreadable or does not have this format."""
 

@@ -229,3 +229,27 @@ def test_a_tracee_whose_twin_failed_is_emulated_with_the_reason(tmp_path: Path) 
     out = p.plan(os.getpid(), pt.AT_FDCWD, prog, 0, no_twin=failed)
     assert isinstance(out, Plan) and out.twin is not None
     assert (out.twin.path, out.twin.reason) == (b"", failed)
+
+
+def test_qemu_options_stand_between_the_emulator_and_its_argv0(tmp_path: Path) -> None:
+    """An accelerated run's -cpu reaches every emulated exec of that architecture: a program, a
+    script chain and the shim standing in for the image's shell; the count of option strings
+    tells the argv writer where the caller's argv[0] and path go."""
+    from xshim.shim.twins import cpu_options
+
+    opts = cpu_options(caller_sets_cpu=False)
+    cpu = opts["aarch64"]
+    assert cpu == (b"-cpu", b"max,pauth-impdef=on") and cpu_options(caller_sets_cpu=True) == {}
+    shim = _file(tmp_path / "sh", b"#!/not/read\n")
+    shell = b"/guest/bin/sh"
+    p = Planner({"aarch64": EMU}, frozenset({(os.stat(shim).st_dev, os.stat(shim).st_ino)}),
+                shell, AARCH64, Opener("/"), None, opts)
+    prog = _foreign(tmp_path / "prog")
+    assert _plan(p, prog) == Plan(EMU, AARCH64, prog, [EMU, *cpu, b"-0", b"", prog], None, [],
+                                  lead=2)
+    script = _file(tmp_path / "s", b"#!" + prog + b" a1\n")
+    out = _plan(p, script)
+    assert isinstance(out, Plan) and out.lead == 2
+    assert out.head == [EMU, *cpu, b"-0", prog, prog, b"a1", script]
+    assert _plan(p, shim) == Plan(EMU, AARCH64, shell, [EMU, *cpu, b"-0", b"", shell], shell, [],
+                                  lead=2)

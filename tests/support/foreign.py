@@ -57,6 +57,7 @@ GUEST_PROGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "segv": ("segv.c", ()),
     "exitcode": ("exitcode.c", ()),
     "printenv": ("printenv.c", ()),
+    "pauth": ("pauth.c", ()),
 }
 
 
@@ -188,7 +189,7 @@ def guest_programs(arch: str = "arm64") -> dict[str, Path]:
     """Static test programs for ``arch`` (Debian name), built from tests/guest/*.c.
 
     Names: fexecve, execveat_empty, execveat_dirfd, threads_exec, threads_join, segv,
-    exitcode, printenv.
+    exitcode, printenv, pauth.
     """
     cc = _compiler(arch)
     version = subprocess.run([cc, "--version"], capture_output=True, check=True).stdout
