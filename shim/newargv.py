@@ -16,7 +16,12 @@ _RED_ZONE = 128
 # A new argv is written below the stack pointer only if it stays within one page of it: a guard
 # page is at least that big, so a write that misses the stack faults instead of landing in the
 # mapping below. Bigger ones, and any that fault, go to a mapping made for them.
-_STACK_WRITE_MAX = 4096 - _RED_ZONE
+STACK_WRITE_MAX = 4096 - _RED_ZONE
+
+
+def below_stack(regs: pt.UserRegs, size: int) -> int:
+    """Where ``size`` bytes go below the tracee's stack pointer, past its red zone, aligned."""
+    return (abi.stack_pointer(regs) - _RED_ZONE - size) & ~15
 
 
 class NeedMemory(Exception):
@@ -65,10 +70,10 @@ def write(
     size = nptrs * 8 + len(blob)
     if area is not None and area[1] >= size:
         base = area[0]
-    elif size > _STACK_WRITE_MAX:
+    elif size > STACK_WRITE_MAX:
         raise NeedMemory(size)
     else:
-        base = (abi.stack_pointer(regs) - _RED_ZONE - size) & ~15
+        base = below_stack(regs, size)
     str_base = base + nptrs * 8
     ptrs = [reuse[i] if off < 0 else str_base + off for i, off in enumerate(offsets)]
     ptrs.extend(tail)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from . import abi, twins
 from . import inject as ij
 from . import ptrace as pt
+from .newargv import STACK_WRITE_MAX, below_stack
 from .plan import Plan
 from .tracelog import Decision, errname
 
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
     from .execs import Execs
     from .pidstate import PidState
 
-_RED_ZONE = 128
-_STACK_WRITE_MAX = 4096 - _RED_ZONE  # as shim/execs.py: within the page below sp
 _STRING_MAX = 1 << 16  # an argument or environment entry checked against the twin's limits
 
 
@@ -57,7 +56,7 @@ def exec_twin(ex: Execs, pid: int, state: PidState, plan: Plan, argv_p: int, env
                 return "its new argv and environment do not fit below the stack pointer"
         else:
             blob = plan.twin.path + b"\0"
-            path = (abi.stack_pointer(regs) - _RED_ZONE - len(blob)) & ~15
+            path = below_stack(regs, len(blob))
             ex.mem.write(pid, path, blob)
     except OSError as e:
         return f"the tracee's argv could not be read or written ({errname(e.errno or 0)})"
@@ -103,9 +102,9 @@ def _write_tables(ex: Execs, pid: int, regs: pt.UserRegs, path: bytes, extra: li
     argv_n = len(ptrs) + len(extra) + 1 if extra else 0
     env_n = len(envs) + sum(1 for at, _ in changed if at < 0) + 1 if changed else 0
     size = 8 * (argv_n + env_n) + len(blob)
-    if size > _STACK_WRITE_MAX:
+    if size > STACK_WRITE_MAX:  # emulated instead: not worth a mapping of its own
         return 0, 0, 0
-    base = (abi.stack_pointer(regs) - _RED_ZONE - size) & ~15
+    base = below_stack(regs, size)
     strs = base + 8 * (argv_n + env_n)
     table: list[int] = []
     if extra:
